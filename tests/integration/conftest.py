@@ -1,0 +1,81 @@
+"""Fixtures on the real session bus: a connected Systemd helper and a recorder of unit signals."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from dbus_fast import BusType
+from dbus_fast.aio import MessageBus
+from dbus_fast.errors import DBusError
+
+from babysit.systemd import Systemd, UnitChange, unit_path
+
+
+class UnitSignals:
+    """Every PropertiesChanged seen, merged per unit path; tests await conditions on them."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, dict[str, Any]] = defaultdict(dict)
+        self.seen: dict[str, list[UnitChange]] = defaultdict(list)
+        self._waiters: list[tuple[str, Callable[[dict[str, Any]], bool], asyncio.Future[dict[str, Any]]]] = []
+
+    def on_change(self, change: UnitChange) -> None:
+        self.seen[change.path].append(change)
+        self.state[change.path].update(change.changed)
+        if change.changed.get("ActiveState") in ("activating", "active", "deactivating"):
+            self.state[change.path]["started"] = True  # a fresh transient unit is loaded as inactive
+        for waiter in list(self._waiters):
+            path, predicate, future = waiter
+            if path == change.path and not future.done() and predicate(self.state[path]):
+                future.set_result(dict(self.state[path]))
+                self._waiters.remove(waiter)
+
+    async def until(self, unit: str, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+        """The merged signalled properties of `unit` once `predicate` holds for them."""
+        path = unit_path(unit)
+        if predicate(self.state[path]):
+            return dict(self.state[path])
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters.append((path, predicate, future))
+        return await asyncio.wait_for(future, timeout)
+
+
+def ended(props: dict[str, Any]) -> bool:
+    return bool(props.get("started")) and props.get("ActiveState") in ("inactive", "failed")
+
+
+@pytest_asyncio.fixture
+async def systemd() -> AsyncIterator[Systemd]:
+    bus = await MessageBus(bus_type=BusType.SESSION).connect()
+    yield Systemd(bus)
+    bus.disconnect()
+
+
+@pytest_asyncio.fixture
+async def signals(systemd: Systemd) -> UnitSignals:
+    recorder = UnitSignals()
+    await systemd.subscribe(recorder.on_change)
+    return recorder
+
+
+@pytest_asyncio.fixture
+async def unit_name(systemd: Systemd) -> AsyncIterator[str]:
+    """A fresh transient unit name, reset afterwards so a failed unit does not linger."""
+    name = f"smoke-{uuid.uuid4().hex[:10]}.service"
+    yield name
+    try:
+        await systemd.stop_unit(name)
+        await systemd.reset_failed_unit(name)
+    except DBusError:
+        pass  # already gone
+
+
+@pytest.fixture
+def python3() -> str:
+    return "/usr/bin/python3"
