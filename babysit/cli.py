@@ -1,12 +1,56 @@
-"""The `babysit` command: parses, calls the daemon over D-Bus, renders."""
+"""The `babysit` command: parses flags, calls babysitd over D-Bus, renders. Nothing else."""
 
 from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
 
 import typer
 
 from babysit import __version__
+from babysit.client import Client, DaemonNotRunning, variant_dict
+from babysit.protocol import BabysitError, CapacityExceeded, ExitCode, State, unit_name
+from babysit.quantities import format_duration, format_size
+from babysit.report import complete, terminal_only
 
-app = typer.Typer(no_args_is_help=True, add_completion=True, help="Supervised background runner.")
+app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+                  help="Supervised background runner: long jobs under systemd caps, admitted only when the host has room.")
+T = TypeVar("T")
+
+
+def fail(message: str, code: ExitCode) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(int(code))
+
+
+def call(work: Callable[[Client], Awaitable[T]]) -> T:
+    """Run one client conversation; errors become one line on stderr and the SPEC's exit code."""
+
+    async def conversation() -> T:
+        client = await Client.connect()
+        try:
+            return await work(client)
+        finally:
+            client.close()
+
+    try:
+        return asyncio.run(conversation())
+    except CapacityExceeded as e:
+        raise fail(str(e), e.exit_code) from None  # the message is the JSON object
+    except BabysitError as e:
+        raise fail(f"babysit: {e}", e.exit_code) from None
+    except DaemonNotRunning:
+        raise fail("babysit daemon not running (start it with: babysit daemon-start)", ExitCode.NEGATIVE) from None
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(value))
 
 
 def _version(value: bool) -> None:
@@ -20,6 +64,204 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """babysit: run long jobs under systemd caps, admitted only when the host has room."""
+
+
+Name = typer.Option(..., "--name", help="Task name: 1-64 of A-Z a-z 0-9 . _ -")
+
+
+@app.command()
+def run(
+    name: str = Name,
+    command: str = typer.Option(..., "--command", help="Shell command, run as `bash -c CMD`."),
+    estimated_time: str = typer.Option(None, "--estimated_time", "--estimated-time", help="e.g. 10m (default 10m)"),
+    kill_timeout: str = typer.Option(None, "--kill_timeout", "--kill-timeout", help="default 2x estimated_time"),
+    observability_interval: str = typer.Option(None, "--observability_interval", "--observability-interval",
+                                               help="kill after this long without output (default 5m)"),
+    mem_pct_limit: float = typer.Option(None, "--mem_pct_limit", "--mem-pct-limit", help="per-task cap, % of RAM (40)"),
+    cpu_pct_limit: float = typer.Option(None, "--cpu_pct_limit", "--cpu-pct-limit", help="per-task cap, % of cores (90)"),
+    estimated_mem_bytes: str = typer.Option(None, "--estimated_mem_bytes", "--estimated-mem-bytes", help="e.g. 4G"),
+    estimated_cpu_cores: float = typer.Option(None, "--estimated_cpu_cores", "--estimated-cpu-cores", help="e.g. 4"),
+    cwd: str = typer.Option(None, "--cwd", help="working directory (default: the current one)"),
+    force: bool = typer.Option(False, "--force", help="queue it when the host has no room now"),
+) -> None:
+    """Start a supervised task in the background (non-blocking).
+
+    Example: babysit run --name=train --command='uv run python -u train.py' --estimated_time=2h --estimated_mem_bytes=8G
+    """
+    spec = variant_dict({
+        "name": name, "command": command, "cwd": os.path.abspath(cwd or os.getcwd()), "env": dict(os.environ),
+        "estimated_time": estimated_time, "kill_timeout": kill_timeout,
+        "observability_interval": observability_interval, "mem_pct_limit": mem_pct_limit,
+        "cpu_pct_limit": cpu_pct_limit, "estimated_mem_bytes": estimated_mem_bytes,
+        "estimated_cpu_cores": estimated_cpu_cores,
+    })
+    queued = call(lambda c: c.call("Run", "a{sv}b", [spec, force]))[0]
+    typer.echo(f"queued: {queued}")
+
+
+@app.command()
+def wait(name: str = Name) -> None:
+    """Block until the task is terminal; the result JSON goes to stdout, runaway_risk events to stderr.
+
+    Exit 0 only when it completed. Example: babysit wait --name=train
+    """
+
+    def on_event(event: dict[str, Any]) -> None:
+        typer.echo(json.dumps(event), err=True)
+
+    result = terminal_only(call(lambda c: c.wait(name, on_event)))
+    print_json(result)
+    raise typer.Exit(int(ExitCode.OK if result["status"] == State.COMPLETED else ExitCode.NEGATIVE))
+
+
+@app.command()
+def status(name: str = Name, as_json: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
+    """Everything known about a task. Example: babysit status --name=train --json"""
+
+    async def fetch(c: Client) -> dict[str, Any]:
+        report = await c.status(name)
+        report["events"] = (await c.call("Events", "s", [name]))[0]
+        return report
+
+    report = call(fetch)
+    if as_json or not sys.stdout.isatty():
+        print_json(report)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for key, value in report.items():
+        table.add_row(f"[bold]{key}[/]", json.dumps(value) if isinstance(value, list | dict) else str(value))
+    Console().print(table)
+
+
+STATE_STYLE = {"queued": "cyan", "running": "yellow", "completed": "green", "failed": "red", "killed": "red",
+               "unknown": "magenta"}
+COLUMNS = ("name", "state", "elapsed/est", "mem now/peak/est", "cpu/est", "since output")
+
+
+def row(task: dict[str, Any]) -> tuple[str, ...]:
+    elapsed = task.get("elapsed_s")
+    return (
+        task["name"],
+        task["status"],
+        f"{format_duration(elapsed) if elapsed else '-'}/{format_duration(task['estimated_time_s'])}",
+        f"{format_size(task['mem_bytes'])}/{format_size(task['peak_mem_bytes'])}/"
+        f"{format_size(task['estimated_mem_bytes'])}",
+        f"{task['cpu_cores']:.1f}/{task['estimated_cpu_cores']:g}",
+        "-",
+    )
+
+
+@app.command("list")
+def list_(
+    all_: bool = typer.Option(False, "--all", help="include finished tasks"),
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout"),
+) -> None:
+    """Tasks with their usage against estimates. Example: babysit list --all"""
+    tasks = [complete(t) for t in call(lambda c: c.call("List", "b", [all_]))[0]]
+    if as_json:
+        print_json(tasks)
+        return
+    rows = [row(t) for t in tasks]
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*COLUMNS)
+        for r in rows:
+            table.add_row(r[0], f"[{STATE_STYLE.get(r[1], '')}]{r[1]}[/]", *r[2:])
+        Console().print(table)
+        return
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
+    for r in [COLUMNS, *rows]:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+@app.command()
+def kill(name: str = Name) -> None:
+    """Stop a running task gracefully (SIGTERM, then SIGKILL), or drop a queued one. Example: babysit kill --name=train"""
+    call(lambda c: c.call("Kill", "s", [name]))
+    typer.echo(f"killing: {name}")
+
+
+@app.command()
+def adjust(
+    name: str = Name,
+    estimated_mem_bytes: str = typer.Option(None, "--estimated_mem_bytes", "--estimated-mem-bytes"),
+    estimated_cpu_cores: float = typer.Option(None, "--estimated_cpu_cores", "--estimated-cpu-cores"),
+    estimated_time: str = typer.Option(None, "--estimated_time", "--estimated-time"),
+    kill_timeout: str = typer.Option(None, "--kill_timeout", "--kill-timeout"),
+    observability_interval: str = typer.Option(None, "--observability_interval", "--observability-interval"),
+) -> None:
+    """Change the estimates of a queued or running task; caps of a running unit change live.
+
+    Example: babysit adjust --name=train --estimated_mem_bytes=12G
+    """
+    changes = variant_dict({"estimated_mem_bytes": estimated_mem_bytes, "estimated_cpu_cores": estimated_cpu_cores,
+                            "estimated_time": estimated_time, "kill_timeout": kill_timeout,
+                            "observability_interval": observability_interval})
+    if not changes:
+        raise fail("babysit: adjust needs at least one estimate to change", ExitCode.USAGE)
+    call(lambda c: c.call("Adjust", "sa{sv}", [name, changes]))
+    typer.echo(f"adjusted: {name}")
+
+
+@app.command()
+def log(
+    name: str = Name,
+    tail: int = typer.Option(15, "--tail", help="lines to show"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="stream until the task is terminal"),
+) -> None:
+    """The task's output, from journald. Example: babysit log --name=train --tail=50 --follow"""
+    report = call(lambda c: c.status(name))
+    argv = ["journalctl", "--user", f"_SYSTEMD_USER_UNIT={unit_name(name)}", "-o", "cat", "--no-pager"]
+    if report.get("started_at"):
+        argv.append(f"--since=@{int(datetime.fromisoformat(report['started_at']).timestamp())}")
+    if not follow or State(report["status"]).terminal:
+        raise typer.Exit(subprocess.run([*argv, "-n", str(tail)]).returncode)
+    with subprocess.Popen([*argv, "-n", str(tail), "-f", "-o", "json"], stdout=subprocess.PIPE, text=True) as journal:
+        cursor = {"last": ""}
+
+        async def relay_until_terminal(c: Client) -> None:
+            relay = asyncio.get_running_loop().run_in_executor(None, _relay, journal, cursor)
+            await c.wait(name)
+            journal.terminate()
+            await relay
+
+        call(relay_until_terminal)
+    # the lines journald stored after the follower stopped
+    after = ["--after-cursor", cursor["last"]] if cursor["last"] else ["-n", str(tail)]
+    subprocess.run([*argv, *after])
+
+
+def _relay(journal: subprocess.Popen, cursor: dict[str, str]) -> None:
+    """Print the messages of journalctl's JSON lines, keeping the cursor of the last one."""
+    assert journal.stdout is not None
+    for line in journal.stdout:
+        entry = json.loads(line)
+        cursor["last"] = entry["__CURSOR"]
+        message = entry.get("MESSAGE") or ""
+        if isinstance(message, list):  # journald's JSON gives non-UTF-8 messages as byte arrays
+            message = bytes(message).decode(errors="replace")
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
+
+
+@app.command()
+def ping() -> None:
+    """`pong <version>` when babysitd runs (never starts it, never hangs)."""
+    version = call(lambda c: c.call("Ping", autostart=False, timeout=5))[0]
+    typer.echo(f"pong {version}")
+
+
+@app.command("daemon-start")
+def daemon_start() -> None:
+    """Install the user unit and D-Bus activation file for this installation, and start babysitd."""
+    from babysit.install import install_and_start
+
+    call(install_and_start)
 
 
 def main() -> None:

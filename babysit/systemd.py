@@ -10,6 +10,8 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
+from babysit.protocol import label_escape
+
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
@@ -40,15 +42,15 @@ PROPERTY_SIGNATURES: dict[str, str] = {
     "StandardOutput": "s",
     "StandardError": "s",
     "SyslogIdentifier": "s",
+    "RemainAfterExit": "b",
     "LogRateLimitIntervalUSec": "t",
     "LogRateLimitBurst": "u",
 }
 
 
 def unit_path(unit: str) -> str:
-    """The object path of a unit, escaped as systemd's bus_label_escape does."""
-    escaped = "".join(c if c.isascii() and c.isalnum() else f"_{ord(c):02x}" for c in unit)
-    return f"{UNIT_PATH_PREFIX}/{escaped}"
+    """The object path of a unit, as systemd names it."""
+    return f"{UNIT_PATH_PREFIX}/{label_escape(unit)}"
 
 
 def unwrap(value: Any) -> Any:
@@ -123,14 +125,28 @@ class Systemd:
         await self.call(MANAGER_PATH, MANAGER, "SetUnitProperties", "sba(sv)",
                         [unit, True, typed_properties(properties)])
 
+    async def get_unit(self, unit: str) -> str | None:
+        """The object path of a loaded unit, or None (unlike GetAll on a path, this never loads one)."""
+        try:
+            (path,) = await self.call(MANAGER_PATH, MANAGER, "GetUnit", "s", [unit])
+        except DBusError as e:
+            if e.type == "org.freedesktop.systemd1.NoSuchUnit":
+                return None
+            raise
+        return path
+
+    async def manager_property(self, name: str) -> Any:
+        (value,) = await self.call(MANAGER_PATH, PROPERTIES, "Get", "ss", [MANAGER, name])
+        return value
+
     async def stop_unit(self, unit: str) -> None:
         await self.call(MANAGER_PATH, MANAGER, "StopUnit", "ss", [unit, "replace"])
 
     async def reset_failed_unit(self, unit: str) -> None:
         await self.call(MANAGER_PATH, MANAGER, "ResetFailedUnit", "s", [unit])
 
-    async def properties(self, unit: str, interface: str) -> dict[str, Any]:
-        """All properties of `interface` on a loaded unit."""
+    async def properties(self, unit: str, interface: str = "") -> dict[str, Any]:
+        """All properties of `interface` on a loaded unit ("" for all its interfaces)."""
         (props,) = await self.call(unit_path(unit), PROPERTIES, "GetAll", "s", [interface])
         return props
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,3 +82,51 @@ async def unit_name(systemd: Systemd) -> AsyncIterator[str]:
 @pytest.fixture
 def python3() -> str:
     return "/usr/bin/python3"
+
+
+# --- driving the product as users do ------------------------------------------------------------
+
+BIN = Path(sys.executable).parent
+
+
+def babysit(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
+            cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The `babysit` CLI as a subprocess."""
+    return subprocess.run([str(BIN / "babysit"), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=cwd)
+
+
+def systemctl_show(unit: str, *props: str) -> dict[str, str]:
+    out = subprocess.run(["systemctl", "--user", "show", unit, *(f"--property={p}" for p in props)],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def journal(unit: str) -> str:
+    """A unit's messages as the user reads them (journalctl exits 1 until its first entry exists)."""
+    argv = ["journalctl", "--user", "-u", unit, "-o", "cat", "--no-pager"]
+    return subprocess.run(argv, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="session")
+def daemon() -> str:
+    """babysitd installed and started the way a user does it."""
+    started = babysit("daemon-start", timeout=120)
+    assert started.returncode == 0, started.stderr
+    return started.stdout
+
+
+@pytest.fixture
+def task_name() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def figure(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
+    """Print a measured figure in the test output (benchmarks print, they do not assert)."""
+
+    def write(line: str) -> None:
+        with capsys.disabled():
+            print(f"\nFIGURE {line}", flush=True)
+
+    return write

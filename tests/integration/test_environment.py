@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from babysit.systemd import SERVICE, Systemd, unit_path
-from tests.integration.conftest import UnitSignals, ended
+from tests.integration.conftest import UnitSignals, ended, journal
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -89,9 +89,3 @@ async def test_cpu_quota_is_applied(systemd: Systemd, signals: UnitSignals, unit
                     "the burner's report")
     cpu_seconds = float(line.split()[1])
     assert cpu_seconds < 1.0, f"a 2 s busy loop under a 20% quota used {cpu_seconds:.2f} CPU s"
-
-
-def journal(unit: str) -> str:
-    """The unit's messages as the user reads them (journalctl exits 1 until its first entry exists)."""
-    argv = ["journalctl", "--user", "-u", unit, "-o", "cat", "--no-pager"]
-    return subprocess.run(argv, capture_output=True, text=True).stdout

@@ -1,10 +1,15 @@
-"""Where this process sits in each cgroup hierarchy, read from /proc (stdlib only, no I/O at import)."""
+"""Where this process sits in each cgroup hierarchy, and making/removing the runner's own cgroups."""
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+# The parsers are the product's own (stdlib only), shared so both read cgroups the same way.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from babysit.cgroup import parse_mountinfo, parse_proc_cgroup  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -32,33 +37,6 @@ class Hierarchy:
         if self.key.startswith("name="):
             return f"none,{self.key}"
         return self.key
-
-
-def parse_proc_cgroup(text: str) -> dict[str, str]:
-    """Map each hierarchy key of /proc/<pid>/cgroup to the process's path in it."""
-    paths: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.strip():
-            _id, key, path = line.split(":", 2)
-            paths[key] = path
-    return paths
-
-
-def parse_mountinfo(text: str) -> dict[str, Path]:
-    """Map each cgroup hierarchy key to its mountpoint, from /proc/<pid>/mountinfo."""
-    mounts: dict[str, Path] = {}
-    for line in text.splitlines():
-        pre, _, post = line.partition(" - ")
-        fstype, _source, super_options = (post.split(" ") + ["", ""])[:3]
-        mountpoint = Path(pre.split(" ")[4])
-        if fstype == "cgroup2":
-            mounts.setdefault("", mountpoint)
-        elif fstype == "cgroup":
-            options = [o for o in super_options.split(",") if o not in ("rw", "ro")]
-            controllers = [o for o in options if "=" not in o or o.startswith("name=")]
-            known = {"noprefix", "xattr", "clone_children", "cpuset_v2_mode", "none"}
-            mounts.setdefault(",".join(c for c in controllers if c not in known), mountpoint)
-    return mounts
 
 
 def hierarchies(proc_cgroup: str, mountinfo: str) -> list[Hierarchy]:

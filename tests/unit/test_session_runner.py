@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from tests.session.cgroups import Hierarchy, hierarchies, parse_mountinfo, parse_proc_cgroup
+from babysit.cgroup import parse_mountinfo, parse_proc_cgroup
+from tests.session.cgroups import Hierarchy, hierarchies
 from tests.session.run import choose_mode, own_session_is_up
 
 HYBRID_CGROUP = """\

@@ -1,0 +1,338 @@
+"""babysitd: the scheduler. One handler per client verb, one per process transition (spawn, finish, stop).
+
+Everything it learns about units comes from systemd's PropertiesChanged signals; the only periodic work is
+sampling usage, which systemd does not push.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dbus_fast import BusType
+from dbus_fast.aio import MessageBus
+from dbus_fast.errors import DBusError
+
+from babysit import __version__, config, report, store
+from babysit.cgroup import Layout, missing_controllers, read_sample
+from babysit.host import read_host
+from babysit.outcome import UnitEnd, classify, has_ended
+from babysit.protocol import (
+    SLICE, UNIT_PREFIX, CapsUnavailable, KillReason, NoSuchTask, NotRunning, State, log_command, unit_name,
+)
+from babysit.systemd import SERVICE, UNIT, Systemd, UnitChange, unit_path
+from babysit.task import Host, Outcome, Task, Usage, derive_caps, spec_from_wire, spec_to_wire
+from babysit.unit import cap_properties, start_properties
+
+log = logging.getLogger("babysitd")
+ACTIVE_STATES = ("activating", "active", "deactivating", "reloading")
+
+
+class Publisher(Protocol):
+    """Where task changes go out (the D-Bus service)."""
+
+    def task_changed(self, task: Task) -> None: ...
+    def task_finished(self, task: Task) -> None: ...
+
+
+@dataclass
+class Watch:
+    """A running task's unit, as its signals have shown it so far."""
+
+    task_id: int
+    props: dict[str, Any] = field(default_factory=dict)
+    seen_active: bool = False
+    cpu_mark: tuple[float, int] | None = None  # (monotonic time, CPU ns) of the window's start
+
+
+class Daemon:
+    def __init__(self, systemd: Systemd, db: store.Store, host: Host, layout: Layout, settings: config.Config,
+                 manager_cgroup: str, warnings: list[str]) -> None:
+        self.systemd = systemd
+        self.store = db
+        self.host = host
+        self.layout = layout
+        self.config = settings
+        self.manager_cgroup = manager_cgroup
+        self.warnings = warnings  # preconditions that do not hold, named with their fix
+        self.publisher: Publisher | None = None
+        self.tasks: dict[str, Task] = {t.name: t for t in db.live()}  # queued and running, by name
+        self.watches: dict[str, Watch] = {}  # unit object path -> watch
+        self._finishing: set[int] = set()
+
+    # --- start-up ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe first, then take the snapshot, so no unit change falls in between (see bleak)."""
+        for task in self.tasks.values():
+            if task.state == State.RUNNING:
+                self.watches[unit_path(unit_name(task.name))] = Watch(task.id)
+        await self.systemd.subscribe(self.on_unit_change)
+        for task in list(self.tasks.values()):
+            if task.state == State.RUNNING:
+                await self.adopt(task)
+            else:
+                await self.spawn(task)
+        await self.release_orphans()
+
+    async def adopt(self, task: Task) -> None:
+        """Take up a task that was running when the previous daemon stopped."""
+        unit = unit_name(task.name)
+        if await self.systemd.get_unit(unit) is None:
+            self.watches.pop(unit_path(unit), None)
+            outcome = (Outcome(State.KILLED, kill_reason=task.kill_requested) if task.kill_requested else
+                       Outcome(State.UNKNOWN, detail="its unit was gone when babysitd restarted, so how it ended "
+                                                     f"is not known; see {log_command(task.name)}"))
+            await self.record_end(task, outcome)
+            return
+        props = await self.unit_properties(unit)
+        watch = self.watches.setdefault(unit_path(unit), Watch(task.id))
+        watch.props.update(props)
+        watch.seen_active = True  # it ran: a loaded, inactive task unit has ended
+        if has_ended(watch.props, started=True):
+            await self.finish(task)
+        log.info("adopted running task %s", task.name)
+
+    async def release_orphans(self) -> None:
+        """Task units whose result is stored but that were not released (the daemon died in between)."""
+        live = {unit_name(t.name) for t in self.tasks.values()}
+        for unit, active, sub in await self.systemd.list_units(f"{UNIT_PREFIX}*.service"):
+            if unit not in live and (active == "failed" or sub == "exited"):
+                await self.release(unit, active)
+
+    async def unit_properties(self, unit: str) -> dict[str, Any]:
+        return {**await self.systemd.properties(unit, UNIT), **await self.systemd.properties(unit, SERVICE)}
+
+    # --- client verbs -----------------------------------------------------------------------------
+
+    async def run(self, wire: Mapping[str, Any], force: bool) -> str:
+        """Validate, record and start a task; returns its name."""
+        spec = spec_from_wire(wire, self.host)
+        caps = derive_caps(spec, self.host)
+        if self.warnings:
+            raise CapsUnavailable("; ".join(self.warnings))
+        task = self.store.add(spec, caps, time.time())
+        self.tasks[task.name] = task
+        self.publish(task)
+        await self.spawn(task)
+        return task.name
+
+    async def kill(self, name: str) -> None:
+        """Graceful stop of a running task, or removal of a queued one."""
+        task = self.live(name)
+        if task.state == State.QUEUED:
+            await self.record_end(task, Outcome(State.KILLED, kill_reason=KillReason.USER))
+        else:
+            await self.stop(task, KillReason.USER)
+
+    async def adjust(self, name: str, changes: Mapping[str, Any]) -> None:
+        """New estimates for a queued or running task; a running unit's caps change live."""
+        task = self.live(name)
+        spec = spec_from_wire({**spec_to_wire(task.spec), **changes, "name": name}, self.host)
+        caps = derive_caps(spec, self.host)
+        task = self.save(task.with_(spec=spec, caps=caps))
+        if task.state == State.RUNNING:
+            await self.systemd.set_unit_properties(unit_name(name), cap_properties(caps))
+
+    def status(self, name: str) -> dict[str, Any]:
+        return report.status(self.latest(name), time.time())
+
+    def list(self, include_terminal: bool) -> list[dict[str, Any]]:
+        tasks = self.store.history() if include_terminal else list(self.tasks.values())
+        now = time.time()
+        return [report.status(t, now) for t in tasks]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return self.store.events(self.latest(name))
+
+    def capacity(self) -> dict[str, Any]:
+        return {"mem_bytes": self.host.mem_bytes, "cpu_cores": self.host.cores,
+                "running": [t.name for t in self.tasks.values() if t.state == State.RUNNING],
+                "warnings": self.warnings}
+
+    def ping(self) -> str:
+        return __version__
+
+    def latest(self, name: str) -> Task:
+        task = self.tasks.get(name) or self.store.latest(name)
+        if task is None:
+            raise NoSuchTask(f"no task named {name!r}")
+        return task
+
+    def live(self, name: str) -> Task:
+        task = self.latest(name)
+        if task.state.terminal:
+            raise NotRunning(f"task {name!r} is already {task.state}")
+        return task
+
+    # --- process transitions ----------------------------------------------------------------------
+
+    async def spawn(self, task: Task) -> None:
+        """Start a queued task as its transient unit."""
+        unit = unit_name(task.name)
+        self.watches[unit_path(unit)] = Watch(task.id)  # before the start: its first signals count
+        try:
+            await self.systemd.start_transient_unit(unit, start_properties(task, self.config.stop_grace_s))
+        except DBusError as e:
+            self.watches.pop(unit_path(unit), None)
+            await self.record_end(task, Outcome(State.FAILED, detail=f"systemd refused to start it: {e.text}"))
+            return
+        self.save(task.with_(state=State.RUNNING, started_at=time.time()))
+
+    def on_unit_change(self, change: UnitChange) -> None:
+        """systemd's signal for one unit: note it, and finish the task once its command is over."""
+        watch = self.watches.get(change.path)
+        if watch is None:
+            return
+        watch.props.update(change.changed)
+        if change.changed.get("ActiveState") in ACTIVE_STATES:
+            watch.seen_active = True
+        task = self.by_id(watch.task_id)
+        if task and has_ended(watch.props, watch.seen_active) and task.id not in self._finishing:
+            asyncio.get_running_loop().create_task(self.finish(task))
+
+    async def finish(self, task: Task) -> None:
+        """A task's unit is over: read how it ended, store the result, release the unit."""
+        self._finishing.add(task.id)
+        unit = unit_name(task.name)
+        watch = self.watches.pop(unit_path(unit), Watch(task.id))
+        self.sample(task, watch)
+        try:
+            props = {**watch.props, **await self.unit_properties(unit)}
+        except DBusError:
+            props = watch.props  # already unloaded: the signals carried the end
+        outcome = classify(UnitEnd.from_properties(props), self.by_id(task.id).kill_requested)
+        await self.record_end(self.by_id(task.id), outcome)
+        await self.release(unit, props.get("ActiveState", ""))
+        self._finishing.discard(task.id)
+
+    async def record_end(self, task: Task, outcome: Outcome) -> None:
+        task = self.save(task.with_(state=outcome.state, outcome=outcome, finished_at=time.time()), outcome.detail)
+        del self.tasks[task.name]
+        if self.publisher:
+            self.publisher.task_finished(task)
+
+    async def release(self, unit: str, active_state: str) -> None:
+        """Let systemd forget a finished unit, so the name can run again."""
+        try:
+            if active_state == "failed":
+                await self.systemd.reset_failed_unit(unit)
+            elif active_state != "inactive":
+                await self.systemd.stop_unit(unit)
+        except DBusError as e:
+            log.warning("could not release %s: %s", unit, e.text)
+
+    async def stop(self, task: Task, reason: KillReason) -> None:
+        """A graceful stop babysit decided on: remembered first, so a restart still knows why."""
+        self.save(task.with_(kill_requested=reason))
+        await self.systemd.stop_unit(unit_name(task.name))
+
+    # --- sampling ---------------------------------------------------------------------------------
+
+    async def sample_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_s)
+            for watch in list(self.watches.values()):
+                task = self.by_id(watch.task_id)
+                if task and task.state == State.RUNNING:
+                    self.sample(task, watch)
+
+    def sample(self, task: Task, watch: Watch) -> None:
+        """Memory now and peak, CPU seconds and cores over the window, from the unit's cgroup."""
+        cgroup = f"{self.manager_cgroup}/{SLICE}/{unit_name(task.name)}"
+        sample = read_sample(self.layout, cgroup)
+        if sample is None:
+            return
+        now = time.monotonic()
+        cores = task.usage.cpu_cores
+        if watch.cpu_mark is None:
+            watch.cpu_mark = (now, sample.cpu_ns)
+        elif now - watch.cpu_mark[0] >= self.config.cpu_window_s or not cores:
+            elapsed = now - watch.cpu_mark[0]
+            if elapsed > 0:
+                cores = (sample.cpu_ns - watch.cpu_mark[1]) / 1e9 / elapsed
+                watch.cpu_mark = (now, sample.cpu_ns)
+        usage = Usage(
+            mem_bytes=sample.mem_bytes,
+            peak_mem_bytes=max(task.usage.peak_mem_bytes, sample.mem_bytes, sample.peak_mem_bytes or 0),
+            cpu_seconds=max(task.usage.cpu_seconds, sample.cpu_ns / 1e9),
+            cpu_cores=cores,
+        )
+        if usage != task.usage:
+            task = task.with_(usage=usage)
+            self.tasks[task.name] = task
+            self.store.save_usage(task)
+            self.publish(task)
+
+    # --- bookkeeping ------------------------------------------------------------------------------
+
+    def by_id(self, task_id: int) -> Task | None:
+        return next((t for t in self.tasks.values() if t.id == task_id), None)
+
+    def save(self, task: Task, detail: str = "") -> Task:
+        self.store.save(task, time.time(), detail)
+        if not task.state.terminal:
+            self.tasks[task.name] = task
+        self.publish(task)
+        return task
+
+    def publish(self, task: Task) -> None:
+        if self.publisher:
+            self.publisher.task_changed(task)
+
+
+async def check_preconditions(systemd: Systemd, layout: Layout) -> tuple[str, list[str]]:
+    """The user manager's cgroup, and what keeps caps from working (each with its fix)."""
+    manager_cgroup = await systemd.manager_property("ControlGroup")
+    warnings = []
+    missing = missing_controllers(layout, manager_cgroup, os.getuid())
+    if missing:
+        warnings.append(
+            f"the user manager has no {'/'.join(missing)} controller delegated, so systemd would ignore "
+            "MemoryMax/CPUQuota; fix: a drop-in for user@.service with Delegate=yes (and cgroup v2), "
+            "then log in again"
+        )
+    return manager_cgroup, warnings
+
+
+async def serve() -> None:
+    from babysit.service import BusService  # the D-Bus adapter; the scheduler above does not need it
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    bus = await MessageBus(bus_type=BusType.SESSION).connect()
+    systemd = Systemd(bus)
+    settings = config.load()
+    layout = Layout.of_this_machine()
+    manager_cgroup, warnings = await check_preconditions(systemd, layout)
+    for warning in warnings:
+        log.warning("%s", warning)
+    daemon = Daemon(systemd, store.Store(store.default_path()), read_host(settings), layout, settings,
+                    manager_cgroup, warnings)
+    service = BusService(bus, daemon)
+    daemon.publisher = service
+    await daemon.start()
+    await service.export()  # the name last: D-Bus activation callers only get a ready daemon
+    sampler = asyncio.get_running_loop().create_task(daemon.sample_forever())
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    log.info("babysitd %s ready (tick %.1fs, host %s bytes / %d cores)", __version__, settings.tick_s,
+             daemon.host.mem_bytes, daemon.host.cores)
+    await asyncio.wait([asyncio.ensure_future(stop.wait()), asyncio.ensure_future(bus.wait_for_disconnect())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    sampler.cancel()
+    bus.disconnect()
+
+
+def main() -> None:
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""`babysit daemon-start`: install the user unit, slice and D-Bus activation file, then start babysitd."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from babysit.client import DBUS, Client
+from babysit.protocol import BUS_NAME, DAEMON_UNIT
+
+SYSTEMD = "org.freedesktop.systemd1"
+
+
+def source_file(relative: str) -> Path:
+    """A file shipped with babysit: beside the package in a checkout, inside it in a wheel."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parent / relative, package / "_data" / relative):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"babysit installation is missing {relative}")
+
+
+def daemon_command() -> str:
+    """How systemd and the bus start this installation's daemon."""
+    return f"{sys.executable} -m babysit.daemon"
+
+
+def targets() -> dict[str, Path]:
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share")
+    return {
+        "units/babysitd.service": config / "systemd/user/babysitd.service",
+        "units/babysit.slice": config / "systemd/user/babysit.slice",
+        "dbus/org.babysit.service": data / "dbus-1/services/org.babysit.service",
+    }
+
+
+def install_files() -> list[Path]:
+    """Write the files for this installation; returns the ones that changed."""
+    changed = []
+    for relative, target in targets().items():
+        text = source_file(relative).read_text().replace("@BABYSITD@", daemon_command())
+        if not target.exists() or target.read_text() != text:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            changed.append(target)
+    return changed
+
+
+def lingering() -> bool:
+    return Path("/var/lib/systemd/linger", os.environ.get("USER") or str(os.getuid())).exists()
+
+
+async def install_and_start(client: Client) -> None:
+    """Idempotent: files refreshed, systemd and the bus reloaded, the daemon started through activation."""
+    for path in install_files():
+        typer.echo(f"installed {path}")
+    await client.call("Reload", destination=SYSTEMD, path="/org/freedesktop/systemd1",
+                      interface=f"{SYSTEMD}.Manager", timeout=60)
+    await client.call("ReloadConfig", destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS)
+    await client.call("StartServiceByName", "su", [BUS_NAME, 0], destination=DBUS,
+                      path="/org/freedesktop/DBus", interface=DBUS, timeout=60)
+    (version,) = await client.call("Ping", autostart=False)
+    (capacity,) = await client.call("Capacity")
+    typer.echo(f"babysitd {version} running ({DAEMON_UNIT}); its log: journalctl --user -u {DAEMON_UNIT}")
+    for warning in capacity.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
+    if not lingering():
+        typer.echo("note: tasks end when you log out; to keep them running: loginctl enable-linger $USER")

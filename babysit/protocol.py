@@ -1,0 +1,108 @@
+"""What the daemon and the CLI agree on: bus names, states, kill reasons, errors and exit codes."""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+from typing import ClassVar
+
+BUS_NAME = "org.babysit"
+SCHEDULER_PATH = "/org/babysit/Scheduler"
+SCHEDULER_INTERFACE = "org.babysit.Scheduler"
+TASK_INTERFACE = "org.babysit.Task"
+TASKS_PATH = f"{SCHEDULER_PATH}/tasks"
+UNIT_PREFIX = "babysit-"
+SLICE = "babysit.slice"
+DAEMON_UNIT = "babysitd.service"
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    KILLED = "killed"
+    UNKNOWN = "unknown"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (State.QUEUED, State.RUNNING)
+
+
+class KillReason(StrEnum):
+    USER = "user"
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    MEM_2X_SUSTAINED = "mem_2x_sustained"
+    CPU_2X_SUSTAINED = "cpu_2x_sustained"
+    OBSERVABILITY_STALL = "observability_stall"
+    PRESSURE = "pressure"
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    NEGATIVE = 1  # task not completed, daemon not running, timeout
+    USAGE = 2  # bad usage or a refused request
+
+
+def label_escape(text: str) -> str:
+    """An object-path element for any string, escaped as systemd's bus_label_escape does."""
+    return "".join(c if c.isascii() and c.isalnum() else f"_{ord(c):02x}" for c in text) or "_"
+
+
+def unit_name(task: str) -> str:
+    return f"{UNIT_PREFIX}{task}.service"
+
+
+def task_path(task: str) -> str:
+    return f"{TASKS_PATH}/{label_escape(task)}"
+
+
+def log_command(task: str) -> str:
+    return f"journalctl --user -u {UNIT_PREFIX}{task}"
+
+
+class BabysitError(Exception):
+    """A request babysit refuses; each kind has one D-Bus error name and exits the CLI with 2."""
+
+    dbus_name: ClassVar[str] = "org.babysit.Error.Failed"
+    exit_code: ClassVar[ExitCode] = ExitCode.USAGE
+
+
+class InvalidArgument(BabysitError):
+    dbus_name = "org.babysit.Error.InvalidArgument"
+
+
+class NameInUse(BabysitError):
+    dbus_name = "org.babysit.Error.NameInUse"
+
+
+class NoSuchTask(BabysitError):
+    dbus_name = "org.babysit.Error.NoSuchTask"
+
+
+class ExceedsCap(BabysitError):
+    dbus_name = "org.babysit.Error.ExceedsCap"
+
+
+class CapacityExceeded(BabysitError):
+    """The message is the capacity_exceeded JSON object."""
+
+    dbus_name = "org.babysit.Error.CapacityExceeded"
+
+
+class CapsUnavailable(BabysitError):
+    """The user manager cannot apply memory/CPU caps (controllers not delegated)."""
+
+    dbus_name = "org.babysit.Error.CapsUnavailable"
+
+
+class NotRunning(BabysitError):
+    """The task is not in a state the request applies to (e.g. adjusting a finished task)."""
+
+    dbus_name = "org.babysit.Error.NotRunning"
+
+
+ERRORS: dict[str, type[BabysitError]] = {
+    cls.dbus_name: cls
+    for cls in (InvalidArgument, NameInUse, NoSuchTask, ExceedsCap, CapacityExceeded, CapsUnavailable, NotRunning)
+}

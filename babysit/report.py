@@ -1,0 +1,81 @@
+"""The JSON shapes users and agents read: a task's status and its terminal result."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from babysit.hints import kill_hint
+from babysit.protocol import State, log_command, unit_name
+from babysit.task import Task
+
+# The terminal JSON's keys in order; for a kill, kill_reason and kill_hint come first.
+RESULT_KEYS = (
+    "name", "status", "exit_code", "signal", "started_at", "finished_at", "elapsed_s", "peak_mem_bytes",
+    "cpu_seconds", "estimated_time_s", "kill_timeout_s", "observability_interval_s", "estimated_mem_bytes",
+    "estimated_cpu_cores", "mem_pct_limit", "cpu_pct_limit", "memory_max_bytes", "cpu_quota_pct",
+    "runtime_max_s", "unit", "log_cmd",
+)
+KILL_KEYS = ("kill_reason", "kill_hint")
+
+
+def timestamp(at: float | None) -> str | None:
+    """ISO 8601 in UTC, to the millisecond."""
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+
+
+def result(task: Task, now: float) -> dict[str, Any]:
+    """The terminal JSON (also the core of `status` for a task still queued or running)."""
+    e, caps, outcome = task.spec.estimates, task.caps, task.outcome
+    end = task.finished_at or now
+    report: dict[str, Any] = {}
+    if outcome and outcome.state == State.KILLED:
+        report |= {"kill_reason": str(outcome.kill_reason), "kill_hint": kill_hint(task)}
+    report |= {
+        "name": task.name,
+        "status": str(task.state),
+        "exit_code": outcome.exit_code if outcome else None,
+        "signal": outcome.signal if outcome else None,
+        "started_at": timestamp(task.started_at),
+        "finished_at": timestamp(task.finished_at),
+        "elapsed_s": round(end - task.started_at, 3) if task.started_at else None,
+        "peak_mem_bytes": task.usage.peak_mem_bytes,
+        "cpu_seconds": round(task.usage.cpu_seconds, 3),
+        "estimated_time_s": e.time_s,
+        "kill_timeout_s": e.kill_timeout_s,
+        "observability_interval_s": e.observability_interval_s,
+        "estimated_mem_bytes": e.mem_bytes,
+        "estimated_cpu_cores": e.cpu_cores,
+        "mem_pct_limit": task.spec.mem_pct_limit,
+        "cpu_pct_limit": task.spec.cpu_pct_limit,
+        "memory_max_bytes": caps.memory_max_bytes,
+        "cpu_quota_pct": caps.cpu_quota_pct,
+        "runtime_max_s": caps.runtime_max_s,
+        "unit": unit_name(task.name),
+        "log_cmd": log_command(task.name),
+    }
+    if outcome and outcome.detail:
+        report["detail"] = outcome.detail
+    return report
+
+
+def status(task: Task, now: float) -> dict[str, Any]:
+    """Everything known about a run: the result fields plus the spec and the usage now."""
+    return result(task, now) | {
+        "command": task.spec.command,
+        "cwd": task.spec.cwd,
+        "submitted_at": timestamp(task.submitted_at),
+        "mem_bytes": task.usage.mem_bytes,
+        "cpu_cores": round(task.usage.cpu_cores, 3),
+    }
+
+
+def terminal_only(report: dict[str, Any]) -> dict[str, Any]:
+    """The terminal JSON's keys of a fuller status report."""
+    return {k: v for k, v in report.items() if k in KILL_KEYS or k in RESULT_KEYS or k == "detail"}
+
+
+def complete(report: dict[str, Any]) -> dict[str, Any]:
+    """A report read back from D-Bus (which has no null) with its absent keys as None, in order."""
+    keys = [k for k in KILL_KEYS if k in report] + list(RESULT_KEYS)
+    return {k: report.get(k) for k in keys} | {k: v for k, v in report.items() if k not in keys}

@@ -1,0 +1,186 @@
+"""The D-Bus face of babysitd: org.babysit.Scheduler and one org.babysit.Task object per task name.
+
+Domain errors become D-Bus error names here and only here; any other exception is a bug.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
+from dbus_fast import RequestNameReply, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusBool, DBusDict, DBusSignature, DBusStr
+from dbus_fast.constants import NameFlag, PropertyAccess
+from dbus_fast.errors import DBusError
+from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
+
+from babysit import report
+from babysit.protocol import (
+    BUS_NAME, SCHEDULER_INTERFACE, SCHEDULER_PATH, TASK_INTERFACE, BabysitError, task_path,
+)
+from babysit.task import Task
+
+if TYPE_CHECKING:
+    from babysit.daemon import Daemon
+
+DBusDictList = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
+
+
+def to_variant(value: Any) -> Variant:
+    """A plain value as a Variant; D-Bus has no null, so callers drop None first."""
+    if isinstance(value, bool):
+        return Variant("b", value)
+    if isinstance(value, int):
+        return Variant("x", value)
+    if isinstance(value, float):
+        return Variant("d", value)
+    if isinstance(value, str):
+        return Variant("s", value)
+    if isinstance(value, dict):
+        return Variant("a{sv}", to_dict(value))
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return Variant("as", list(value))
+    if isinstance(value, list | tuple):
+        return Variant("av", [to_variant(v) for v in value])
+    raise TypeError(f"no D-Bus type for {type(value).__name__}")
+
+
+def to_dict(values: dict[str, Any]) -> dict[str, Variant]:
+    return {k: to_variant(v) for k, v in values.items() if v is not None}
+
+
+@contextmanager
+def bus_errors() -> Iterator[None]:
+    """Domain errors to their D-Bus names."""
+    try:
+        yield
+    except BabysitError as e:
+        raise DBusError(e.dbus_name, str(e)) from e
+
+
+class SchedulerInterface(ServiceInterface):
+    def __init__(self, daemon: Daemon) -> None:
+        super().__init__(SCHEDULER_INTERFACE)
+        self.daemon = daemon
+
+    @dbus_method()
+    def Ping(self) -> DBusStr:
+        return self.daemon.ping()
+
+    @dbus_method()
+    async def Run(self, spec: DBusDict, force: DBusBool) -> DBusStr:
+        with bus_errors():
+            return await self.daemon.run({k: v.value for k, v in spec.items()}, force)
+
+    @dbus_method()
+    async def Kill(self, name: DBusStr):  # noqa: ANN201 (no annotation: no D-Bus out args)
+        with bus_errors():
+            await self.daemon.kill(name)
+
+    @dbus_method()
+    async def Adjust(self, name: DBusStr, changes: DBusDict):  # noqa: ANN201
+        with bus_errors():
+            await self.daemon.adjust(name, {k: v.value for k, v in changes.items()})
+
+    @dbus_method()
+    def Status(self, name: DBusStr) -> DBusDict:
+        with bus_errors():
+            return to_dict(self.daemon.status(name))
+
+    @dbus_method()
+    def List(self, all: DBusBool) -> DBusDictList:  # noqa: A002 (the D-Bus argument's name)
+        return [to_dict(t) for t in self.daemon.list(all)]
+
+    @dbus_method()
+    def Capacity(self) -> DBusDict:
+        return to_dict(self.daemon.capacity())
+
+    @dbus_method()
+    def Events(self, name: DBusStr) -> DBusDictList:
+        with bus_errors():
+            return [to_dict(e) for e in self.daemon.events(name)]
+
+    @dbus_signal()
+    def RunawayRisk(self, name: str, event: dict[str, Variant]) -> Annotated[tuple[str, dict[str, Variant]], DBusSignature("sa{sv}")]:
+        return name, event
+
+    @dbus_signal()
+    def TaskFinished(self, name: str, result: dict[str, Variant]) -> Annotated[tuple[str, dict[str, Variant]], DBusSignature("sa{sv}")]:
+        return name, result
+
+
+class TaskInterface(ServiceInterface):
+    """One task name's latest run; its PropertiesChanged drive `babysit wait`."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(TASK_INTERFACE)
+        self.task = task
+        self.values = self.snapshot(task)
+
+    @staticmethod
+    def snapshot(task: Task) -> dict[str, Any]:
+        u = task.usage
+        return {
+            "Name": task.name,
+            "State": str(task.state),
+            "Usage": to_dict({"mem_bytes": u.mem_bytes, "peak_mem_bytes": u.peak_mem_bytes,
+                              "cpu_seconds": u.cpu_seconds, "cpu_cores": u.cpu_cores}),
+            "Result": to_dict(report.result(task, time.time())) if task.state.terminal else {},
+        }
+
+    def update(self, task: Task) -> None:
+        self.task = task
+        new = self.snapshot(task)
+        changed = {k: v for k, v in new.items() if v != self.values[k]}
+        self.values = new
+        if changed:
+            self.emit_properties_changed(changed)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Name(self) -> DBusStr:
+        return self.values["Name"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> DBusStr:
+        return self.values["State"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Usage(self) -> DBusDict:
+        return self.values["Usage"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Result(self) -> DBusDict:
+        return self.values["Result"]
+
+
+class BusService:
+    """Exports the scheduler and the task objects; the daemon's Publisher."""
+
+    def __init__(self, bus: MessageBus, daemon: Daemon) -> None:
+        self.bus = bus
+        self.scheduler = SchedulerInterface(daemon)
+        self.objects: dict[str, TaskInterface] = {}
+        for task in daemon.tasks.values():
+            self.task_changed(task)
+
+    async def export(self) -> None:
+        """Export the scheduler, then own the bus name (which fails if another babysitd has it)."""
+        self.bus.export(SCHEDULER_PATH, self.scheduler)
+        reply = await self.bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            raise SystemExit(f"babysitd: {BUS_NAME} is already owned by another daemon")
+
+    def task_changed(self, task: Task) -> None:
+        obj = self.objects.get(task.name)
+        if obj is None:
+            self.objects[task.name] = TaskInterface(task)
+            self.bus.export(task_path(task.name), self.objects[task.name])
+        else:
+            obj.update(task)
+
+    def task_finished(self, task: Task) -> None:
+        self.task_changed(task)
+        self.scheduler.TaskFinished(task.name, to_dict(report.result(task, time.time())))

@@ -1,0 +1,154 @@
+"""What systemd and journald do not keep: runs, their specs, transitions, events and results (SQLite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from babysit.protocol import KillReason, NameInUse, State
+from babysit.task import Caps, Estimates, Outcome, Task, TaskSpec, Usage
+
+LIVE = (State.QUEUED.value, State.RUNNING.value)
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    kill_requested TEXT,
+    spec TEXT NOT NULL,
+    caps TEXT NOT NULL,
+    outcome TEXT,
+    usage TEXT NOT NULL
+);
+-- a name is unique among runs that are not over; finished runs of it stay as history
+CREATE UNIQUE INDEX IF NOT EXISTS live_name ON tasks(name) WHERE state IN {LIVE};
+CREATE TABLE IF NOT EXISTS transitions (
+    task_id INTEGER NOT NULL REFERENCES tasks(id),
+    at REAL NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS events (
+    task_id INTEGER NOT NULL REFERENCES tasks(id),
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+"""
+
+
+def default_path() -> Path:
+    state_home = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(state_home, "babysit", "babysit.sqlite3")
+
+
+def _task(row: sqlite3.Row) -> Task:
+    spec = json.loads(row["spec"])
+    outcome = json.loads(row["outcome"]) if row["outcome"] else None
+    return Task(
+        id=row["id"],
+        spec=TaskSpec(**{**spec, "estimates": Estimates(**spec["estimates"])}),
+        caps=Caps(**json.loads(row["caps"])),
+        state=State(row["state"]),
+        submitted_at=row["submitted_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        kill_requested=KillReason(row["kill_requested"]) if row["kill_requested"] else None,
+        outcome=Outcome(**{
+            **outcome,
+            "state": State(outcome["state"]),
+            "kill_reason": KillReason(outcome["kill_reason"]) if outcome["kill_reason"] else None,
+        }) if outcome else None,
+        usage=Usage(**json.loads(row["usage"])),
+    )
+
+
+class Store:
+    """One SQLite database; every write is one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def add(self, spec: TaskSpec, caps: Caps, at: float) -> Task:
+        """A new queued run; NameInUse while another run of the name is not over."""
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                cursor = self.db.execute(
+                    "INSERT INTO tasks (name, state, submitted_at, spec, caps, usage) VALUES (?, ?, ?, ?, ?, ?)",
+                    (spec.name, State.QUEUED.value, at, json.dumps(asdict(spec)), json.dumps(asdict(caps)),
+                     json.dumps(asdict(Usage()))),
+                )
+                task_id = cursor.lastrowid
+                self.db.execute("INSERT INTO transitions (task_id, at, state) VALUES (?, ?, ?)",
+                                (task_id, at, State.QUEUED.value))
+        except sqlite3.IntegrityError:
+            raise NameInUse(f"task {spec.name!r} is still queued or running; pick another name or wait for it") from None
+        return self.get(task_id)
+
+    def save(self, task: Task, at: float, detail: str = "") -> Task:
+        """Write a run's current record; a change of state is also logged as a transition."""
+        with self.db:
+            self.db.execute("BEGIN")
+            (old_state,) = self.db.execute("SELECT state FROM tasks WHERE id = ?", (task.id,)).fetchone()
+            self.db.execute(
+                "UPDATE tasks SET state=?, started_at=?, finished_at=?, kill_requested=?, spec=?, caps=?, "
+                "outcome=?, usage=? WHERE id=?",
+                (task.state.value, task.started_at, task.finished_at,
+                 task.kill_requested.value if task.kill_requested else None, json.dumps(asdict(task.spec)),
+                 json.dumps(asdict(task.caps)), json.dumps(asdict(task.outcome)) if task.outcome else None,
+                 json.dumps(asdict(task.usage)), task.id),
+            )
+            if old_state != task.state.value:
+                self.db.execute("INSERT INTO transitions (task_id, at, state, detail) VALUES (?, ?, ?, ?)",
+                                (task.id, at, task.state.value, detail))
+        return task
+
+    def save_usage(self, task: Task) -> None:
+        """Samples change often: only the usage column, no transition."""
+        self.db.execute("UPDATE tasks SET usage=? WHERE id=?", (json.dumps(asdict(task.usage)), task.id))
+
+    def get(self, task_id: int) -> Task:
+        return _task(self.db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone())
+
+    def latest(self, name: str) -> Task | None:
+        """The newest run of a name."""
+        row = self.db.execute("SELECT * FROM tasks WHERE name = ? ORDER BY id DESC LIMIT 1", (name,)).fetchone()
+        return _task(row) if row else None
+
+    def live(self) -> list[Task]:
+        """Queued and running runs, in submission order."""
+        rows = self.db.execute(f"SELECT * FROM tasks WHERE state IN {LIVE} ORDER BY id").fetchall()
+        return [_task(r) for r in rows]
+
+    def history(self) -> list[Task]:
+        """Every run, oldest first."""
+        return [_task(r) for r in self.db.execute("SELECT * FROM tasks ORDER BY id").fetchall()]
+
+    def add_event(self, task: Task, kind: str, data: dict[str, Any], at: float) -> None:
+        self.db.execute("INSERT INTO events (task_id, at, kind, data) VALUES (?, ?, ?, ?)",
+                        (task.id, at, kind, json.dumps(data)))
+
+    def events(self, task: Task) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT kind, at, data FROM events WHERE task_id = ? ORDER BY rowid", (task.id,))
+        return [{"event": kind, "at": at, **json.loads(data)} for kind, at, data in rows]
+
+    def transitions(self, task: Task) -> list[tuple[float, str, str]]:
+        rows = self.db.execute("SELECT at, state, detail FROM transitions WHERE task_id = ? ORDER BY rowid",
+                               (task.id,))
+        return [tuple(r) for r in rows]

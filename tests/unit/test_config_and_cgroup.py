@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from babysit import config
+from babysit.cgroup import Layout, missing_controllers, parse_cpu_stat, read_sample
+from babysit.protocol import InvalidArgument
+
+V1_MOUNTINFO = """\
+32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+"""
+
+
+def test_config() -> None:
+    assert config.parse("") == config.Config()
+    assert config.parse("tick_s = 0.2\nmem_budget_pct = 75").tick_s == 0.2
+    for bad in ("tick = 1", "tick_s = -1", "tick_s = 'fast'", "tick_s ="):
+        with pytest.raises(InvalidArgument):
+            config.parse(bad)
+
+
+def test_layout_v1_and_v2() -> None:
+    v1 = Layout.from_mountinfo(V1_MOUNTINFO)
+    assert (v1.memory_root, v1.cpu_root, v1.v2) == (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup/cpuacct"),
+                                                    False)
+
+
+def test_read_sample_v1(tmp_path: Path) -> None:
+    unit = "user.slice/babysit.slice/babysit-x.service"
+    mem, cpu = tmp_path / "memory" / unit, tmp_path / "cpuacct" / unit
+    mem.mkdir(parents=True)
+    cpu.mkdir(parents=True)
+    (mem / "memory.usage_in_bytes").write_text("1048576\n")
+    (mem / "memory.max_usage_in_bytes").write_text("2097152\n")
+    (mem / "memory.failcnt").write_text("3\n")
+    (cpu / "cpuacct.usage").write_text("1500000000\n")
+    layout = Layout(tmp_path / "memory", tmp_path / "cpuacct", v2=False)
+    sample = read_sample(layout, "/" + unit)
+    assert sample is not None
+    assert (sample.mem_bytes, sample.peak_mem_bytes, sample.cpu_ns, sample.mem_failcnt) == (1 << 20, 2 << 20,
+                                                                                            1_500_000_000, 3)
+    assert read_sample(layout, "/user.slice/gone.service") is None
+
+
+def test_read_sample_v2(tmp_path: Path) -> None:
+    unit = tmp_path / "babysit.slice" / "babysit-x.service"
+    unit.mkdir(parents=True)
+    (unit / "memory.current").write_text("4096\n")
+    (unit / "memory.peak").write_text("8192\n")
+    (unit / "cpu.stat").write_text("usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n")
+    sample = read_sample(Layout(tmp_path, tmp_path, v2=True), "/babysit.slice/babysit-x.service")
+    assert sample is not None and (sample.mem_bytes, sample.peak_mem_bytes, sample.cpu_ns) == (4096, 8192, 2_500_000)
+    assert parse_cpu_stat("usage_usec 7\n") == 7000
+
+
+def test_missing_controllers_v2(tmp_path: Path) -> None:
+    manager = tmp_path / "user.slice" / "user@1000.service"
+    manager.mkdir(parents=True)
+    (manager / "cgroup.controllers").write_text("cpu pids\n")
+    assert missing_controllers(Layout(tmp_path, tmp_path, v2=True), "/user.slice/user@1000.service", 1000) == ["memory"]

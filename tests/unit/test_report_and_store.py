@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from babysit import report
+from babysit.protocol import KillReason, NameInUse, State
+from babysit.store import Store
+from babysit.task import GiB, Host, Outcome, Usage, derive_caps, spec_from_wire
+
+HOST = Host(mem_bytes=16 * GiB, cores=4)
+
+
+def make_spec(name: str = "job", **fields: object):  # noqa: ANN201
+    return spec_from_wire({"name": name, "command": "true", "estimated_mem_bytes": "3G", **fields}, HOST)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "state" / "babysit.sqlite3")
+
+
+def test_kill_reports_lead_with_reason_and_hint(store: Store) -> None:
+    s = make_spec()
+    task = store.add(s, derive_caps(s, HOST), at=100.0)
+    task = task.with_(state=State.KILLED, started_at=100.0, finished_at=160.0,
+                      usage=Usage(peak_mem_bytes=int(9.1 * GiB)),
+                      outcome=Outcome(State.KILLED, None, 9, KillReason.MEM_2X_SUSTAINED))
+    result = report.result(task, now=200.0)
+    assert list(result)[:4] == ["kill_reason", "kill_hint", "name", "status"]
+    assert result["kill_hint"] == ("peak 9.1 GiB vs estimate 3 GiB: audit memory use (rolling reads, smaller "
+                                   "batches), then re-run with --estimated_mem_bytes=11G")
+    assert result["elapsed_s"] == 60.0
+    assert report.complete({"name": "x"})["exit_code"] is None
+
+
+def test_names_are_unique_only_among_live_runs(store: Store) -> None:
+    s = make_spec()
+    first = store.add(s, derive_caps(s, HOST), at=1.0)
+    with pytest.raises(NameInUse):
+        store.add(s, derive_caps(s, HOST), at=2.0)
+    store.save(first.with_(state=State.COMPLETED, outcome=Outcome(State.COMPLETED, 0)), at=3.0)
+    second = store.add(s, derive_caps(s, HOST), at=4.0)
+    assert store.latest("job").id == second.id
+    assert [t.state for t in store.history()] == [State.COMPLETED, State.QUEUED]
+    assert [state for _at, state, _ in store.transitions(first)] == ["queued", "completed"]
+
+
+def test_records_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "babysit.sqlite3"
+    s = make_spec(estimated_time="2h")
+    db = Store(path)
+    task = db.add(s, derive_caps(s, HOST), at=1.0)
+    db.save(task.with_(state=State.RUNNING, started_at=2.0, kill_requested=KillReason.USER), at=2.0)
+    db.add_event(task, "runaway_risk", {"dim": "mem", "ratio": 1.2}, at=3.0)
+    db.close()
+    again = Store(path)
+    (live,) = again.live()
+    assert live.spec == s and live.kill_requested == KillReason.USER and live.started_at == 2.0
+    assert again.events(live) == [{"event": "runaway_risk", "at": 3.0, "dim": "mem", "ratio": 1.2}]

@@ -1,0 +1,70 @@
+import pytest
+
+from babysit.protocol import ExceedsCap, InvalidArgument
+from babysit.task import GiB, Host, derive_caps, spec_from_wire, spec_to_wire
+
+SMALL = Host(mem_bytes=8 * GiB, cores=2)
+
+
+def spec(**fields: object):  # noqa: ANN201
+    return spec_from_wire({"name": "job", "command": "true", **fields}, SMALL)
+
+
+def test_defaults_pass_the_caps_of_a_small_host() -> None:
+    s = spec()
+    assert s.estimates.time_s == 600 and s.estimates.kill_timeout_s == 1200
+    assert s.estimates.observability_interval_s == 300
+    assert s.estimates.mem_bytes == int(0.4 * 8 * GiB)  # 4 GiB would be above the 40% cap
+    assert s.estimates.cpu_cores == pytest.approx(1.8)  # 4 cores would be above 90% of 2
+    derive_caps(s, SMALL)  # does not raise
+
+
+def test_kill_timeout_follows_the_time_estimate() -> None:
+    assert spec(estimated_time="1h").estimates.kill_timeout_s == 7200
+    assert spec(estimated_time="1h", kill_timeout="90m").estimates.kill_timeout_s == 5400
+
+
+def test_caps() -> None:
+    caps = derive_caps(spec(estimated_mem_bytes="1G", estimated_cpu_cores=1, estimated_time="10m"), SMALL)
+    assert caps.memory_max_bytes == 3 * GiB
+    assert caps.cpu_quota_pct == pytest.approx(180)
+    assert caps.runtime_max_s == 1200 + 60
+    capped = derive_caps(spec(estimated_mem_bytes="3G"), SMALL)
+    assert capped.memory_max_bytes == int(0.4 * 8 * GiB)  # 3x would pass the per-task cap
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"estimated_mem_bytes": "4G"}, "per-task cap"),
+    ({"estimated_cpu_cores": 2}, "per-task cap"),
+])
+def test_estimates_above_their_cap_are_refused(fields: dict, message: str) -> None:
+    with pytest.raises(ExceedsCap, match=message):
+        derive_caps(spec(**fields), SMALL)
+
+
+@pytest.mark.parametrize("wire", [
+    {"name": "job"},
+    {"name": "job", "command": "  "},
+    {"name": "job", "command": "true", "cwd": "relative/dir"},
+    {"name": "job", "command": "true", "env": {"BAD NAME": "x"}},
+    {"name": "job", "command": "true", "sudo": True},
+    {"name": "job", "command": "true", "estimated_cpu_cores": "many"},
+    {"name": "job", "command": "true", "estimated_cpu_cores": 0},
+    {"name": "job", "command": "true", "mem_pct_limit": 101},
+    {"name": "job", "command": "true", "estimated_time": True},
+    {"name": 5, "command": "true"},
+    {"name": "a" * 65, "command": "true"},
+])
+def test_bad_specs(wire: dict) -> None:
+    with pytest.raises(InvalidArgument):
+        spec_from_wire(wire, SMALL)
+
+
+def test_environment_drops_systemd_variables() -> None:
+    s = spec(env={"PATH": "/usr/bin", "INVOCATION_ID": "x", "NOTIFY_SOCKET": "/run/x"})
+    assert dict(s.env) == {"PATH": "/usr/bin"}
+
+
+def test_wire_round_trip() -> None:
+    s = spec(estimated_mem_bytes="1G", estimated_time="2h", cwd="/tmp")
+    assert spec_from_wire(spec_to_wire(s), SMALL) == s
