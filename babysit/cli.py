@@ -121,6 +121,9 @@ def status(name: str = Name, as_json: bool = typer.Option(False, "--json", help=
     async def fetch(c: Client) -> dict[str, Any]:
         report = await c.status(name)
         report["events"] = (await c.call("Events", "s", [name]))[0]
+        warnings = (await c.call("Capacity"))[0].get("warnings")
+        if warnings:
+            report["warnings"] = warnings  # caps cannot be applied on this machine
         return report
 
     report = call(fetch)
@@ -252,8 +255,16 @@ def _relay(journal: subprocess.Popen, cursor: dict[str, str]) -> None:
 @app.command()
 def ping() -> None:
     """`pong <version>` when babysitd runs (never starts it, never hangs)."""
-    version = call(lambda c: c.call("Ping", autostart=False, timeout=5))[0]
+
+    async def ping_and_check(c: Client) -> tuple[str, list[str]]:
+        (version,) = await c.call("Ping", autostart=False, timeout=5)
+        (capacity,) = await c.call("Capacity", autostart=False, timeout=5)
+        return version, capacity.get("warnings", [])
+
+    version, warnings = call(ping_and_check)
     typer.echo(f"pong {version}")
+    for warning in warnings:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command("daemon-start")

@@ -174,3 +174,11 @@ def test_unknown_tasks_and_malformed_calls(task_name: str) -> None:
                            "sudo", "b", "true", "false")
     assert "unknown spec fields: sudo" in unknown_field.stderr
     assert babysit("ping").returncode == 0
+
+
+def test_log_follow_streams_until_the_task_ends(task_name: str) -> None:
+    babysit("run", f"--name={task_name}", "--command=for i in 1 2 3 4 5; do echo line-$i; sleep 0.3; done")
+    followed = babysit("log", f"--name={task_name}", "--follow", timeout=60)
+    assert followed.returncode == 0, followed.stderr
+    assert [line for line in followed.stdout.split() if line.startswith("line-")] == [f"line-{i}" for i in range(1, 6)]
+    assert state_of(task_name) == "completed"
