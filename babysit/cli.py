@@ -16,7 +16,7 @@ import typer
 from babysit import __version__
 from babysit.client import Client, DaemonNotRunning, variant_dict
 from babysit.protocol import BabysitError, CapacityExceeded, ExitCode, State, unit_name
-from babysit.quantities import format_duration, format_size
+from babysit.quantities import format_duration, format_size, parse_duration, parse_size
 from babysit.report import complete, terminal_only
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
@@ -112,6 +112,30 @@ def wait(name: str = Name) -> None:
     result = terminal_only(call(lambda c: c.wait(name, on_event)))
     print_json(result)
     raise typer.Exit(int(ExitCode.OK if result["status"] == State.COMPLETED else ExitCode.NEGATIVE))
+
+
+@app.command("wait_for_capacity")
+def wait_for_capacity(
+    mem_bytes: str = typer.Option(..., "--mem_bytes", "--mem-bytes", help="memory estimate, e.g. 4G"),
+    cpu_cores: float = typer.Option(..., "--cpu_cores", "--cpu-cores", help="CPU estimate in cores"),
+    timeout: str = typer.Option(None, "--timeout", help="give up after this long, e.g. 10m"),
+) -> None:
+    """Block until a task with these estimates would be admitted now; exit 1 on timeout.
+
+    Example: babysit wait_for_capacity --mem_bytes=8G --cpu_cores=2 --timeout=30m
+    """
+    try:
+        mem, limit = parse_size(mem_bytes), parse_duration(timeout) if timeout else None
+    except BabysitError as e:
+        raise fail(f"babysit: {e}", e.exit_code) from None
+    if cpu_cores <= 0:
+        raise fail("babysit: --cpu_cores must be more than 0", ExitCode.USAGE)
+    if not call(lambda c: c.wait_for_capacity(mem, cpu_cores, limit)):
+        raise fail(f"babysit: no room for {mem_bytes} / {cpu_cores:g} cores within {timeout}", ExitCode.NEGATIVE)
+    typer.echo("capacity: available")
+
+
+app.command("wait-for-capacity", hidden=True)(wait_for_capacity)
 
 
 @app.command()

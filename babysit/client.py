@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from dbus_fast.errors import DBusError
 from babysit.protocol import (
     BUS_NAME, ERRORS, SCHEDULER_INTERFACE, SCHEDULER_PATH, BabysitError, State, task_path,
 )
+from babysit.capacity import fits
 from babysit.report import complete
 from babysit.systemd import unwrap
 
@@ -131,3 +133,33 @@ class Client:
                 # babysitd went away or came back: ask again (activation restarts it if it can)
                 status = await self.status(name)
         return status
+
+    async def wait_for_capacity(self, mem_bytes: int, cpu_cores: float, timeout: float | None,
+                                recheck_s: float = 2.0) -> bool:
+        """True once a task with these estimates would be admitted now; False at the timeout.
+
+        Woken by the daemon's CapacityChanged; memory freed outside babysit sends no signal, so the
+        figures are also read again every `recheck_s`.
+        """
+        changed = asyncio.Event()
+
+        def handler(message: Message) -> None:
+            if message.message_type == MessageType.SIGNAL and message.member == "CapacityChanged":
+                changed.set()
+
+        self.bus.add_message_handler(handler)
+        await self.add_match(f"type='signal',sender='{BUS_NAME}',interface='{SCHEDULER_INTERFACE}',"
+                             "member='CapacityChanged'")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            changed.clear()
+            (capacity,) = await self.call("Capacity")
+            if fits(capacity, mem_bytes, cpu_cores).admit:
+                return True
+            left = recheck_s if deadline is None else min(recheck_s, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(changed.wait(), left)
+            except TimeoutError:
+                pass

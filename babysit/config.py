@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from babysit.protocol import InvalidArgument
+from babysit.quantities import parse_size
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,9 @@ class Config:
     cpu_window_s: float = 3.0  # CPU cores are averaged over this window
     mem_budget_pct: float = 100.0  # share of the host's RAM babysit may hand out
     cpu_budget_pct: float = 100.0  # share of the host's cores babysit may hand out
+    mem_budget_bytes: int | None = None  # an absolute ceiling as well (a size: "8G")
+    cpu_budget_cores: float | None = None
+    recheck_s: float = 5.0  # the queue is re-checked this often too, for memory freed outside babysit
 
 
 def default_path() -> Path:
@@ -34,10 +38,15 @@ def parse(text: str) -> Config:
     unknown = set(data) - known
     if unknown:
         raise InvalidArgument(f"config.toml: unknown keys {', '.join(sorted(unknown))}")
+    values: dict[str, float | int] = {}
     for key, value in data.items():
+        if key == "mem_budget_bytes" and isinstance(value, str):
+            values[key] = parse_size(value)
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise InvalidArgument(f"config.toml: {key} must be a positive number")
-    return Config(**{k: float(v) for k, v in data.items()})
+        values[key] = int(value) if key == "mem_budget_bytes" else float(value)
+    return Config(**values)
 
 
 def load(path: Path | None = None) -> Config:

@@ -7,6 +7,7 @@ sampling usage, which systemd does not push.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -20,11 +21,13 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
 from babysit import __version__, config, report, store
+from babysit.capacity import Decision, Reservation, capacity_report, decide, refusal
 from babysit.cgroup import Layout, missing_controllers, read_sample
-from babysit.host import read_host
+from babysit.host import free_mem_bytes, read_host
 from babysit.outcome import UnitEnd, classify, has_ended
 from babysit.protocol import (
-    SLICE, UNIT_PREFIX, CapsUnavailable, KillReason, NoSuchTask, NotRunning, State, log_command, unit_name,
+    SLICE, UNIT_PREFIX, CapacityExceeded, CapsUnavailable, KillReason, NameInUse, NoSuchTask, NotRunning, State, log_command,
+    unit_name,
 )
 from babysit.systemd import SERVICE, UNIT, Systemd, UnitChange, unit_path
 from babysit.task import Host, Outcome, Task, Usage, derive_caps, spec_from_wire, spec_to_wire
@@ -39,6 +42,7 @@ class Publisher(Protocol):
 
     def task_changed(self, task: Task) -> None: ...
     def task_finished(self, task: Task) -> None: ...
+    def capacity_changed(self, capacity: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -65,6 +69,7 @@ class Daemon:
         self.tasks: dict[str, Task] = {t.name: t for t in db.live()}  # queued and running, by name
         self.watches: dict[str, Watch] = {}  # unit object path -> watch
         self._finishing: set[int] = set()
+        self._admission = asyncio.Lock()  # one decision at a time, so two tasks never take the same room
 
     # --- start-up ---------------------------------------------------------------------------------
 
@@ -77,9 +82,8 @@ class Daemon:
         for task in list(self.tasks.values()):
             if task.state == State.RUNNING:
                 await self.adopt(task)
-            else:
-                await self.spawn(task)
         await self.release_orphans()
+        await self.drain()  # queued tasks survive restarts, and start once they fit
 
     async def adopt(self, task: Task) -> None:
         """Take up a task that was running when the previous daemon stopped."""
@@ -112,15 +116,24 @@ class Daemon:
     # --- client verbs -----------------------------------------------------------------------------
 
     async def run(self, wire: Mapping[str, Any], force: bool) -> str:
-        """Validate, record and start a task; returns its name."""
+        """Validate and admit a task: start it if it fits now, queue it with force, refuse it otherwise."""
         spec = spec_from_wire(wire, self.host)
         caps = derive_caps(spec, self.host)
         if self.warnings:
             raise CapsUnavailable("; ".join(self.warnings))
-        task = self.store.add(spec, caps, time.time())
-        self.tasks[task.name] = task
-        self.publish(task)
-        await self.spawn(task)
+        async with self._admission:
+            decision = self.decide(spec.estimates.mem_bytes, spec.estimates.cpu_cores)
+            if not decision.admit and not force:
+                if spec.name in self.tasks:  # a live name is the first thing to fix
+                    raise NameInUse.of(spec.name)
+                raise CapacityExceeded(json.dumps(refusal(spec.name, decision)))
+            task = self.store.add(spec, caps, time.time())
+            self.tasks[task.name] = task
+            self.publish(task)
+            if decision.admit:
+                await self.spawn(task)
+            else:
+                log.info("queued %s: %s", task.name, decision.reason)
         return task.name
 
     async def kill(self, name: str) -> None:
@@ -139,22 +152,63 @@ class Daemon:
         task = self.save(task.with_(spec=spec, caps=caps))
         if task.state == State.RUNNING:
             await self.systemd.set_unit_properties(unit_name(name), cap_properties(caps))
+        await self.drain()
 
     def status(self, name: str) -> dict[str, Any]:
-        return report.status(self.latest(name), time.time())
+        return self.describe(self.latest(name), time.time())
 
     def list(self, include_terminal: bool) -> list[dict[str, Any]]:
         tasks = self.store.history() if include_terminal else list(self.tasks.values())
         now = time.time()
-        return [report.status(t, now) for t in tasks]
+        return [self.describe(t, now) for t in tasks]
+
+    def describe(self, task: Task, now: float) -> dict[str, Any]:
+        """A task's status; a queued one also says its place in the queue and what it waits for."""
+        described = report.status(task, now)
+        if task.state == State.QUEUED:
+            queue = self.queue()
+            ahead = [t.name for t in queue[: queue.index(task)]] if task in queue else []
+            decision = self.decide(task.spec.estimates.mem_bytes, task.spec.estimates.cpu_cores, ahead)
+            described |= {"queue_position": len(ahead) + 1, "waiting_for": decision.reason or "its turn",
+                          "available": decision.available.as_dict()}
+        return described
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return self.store.events(self.latest(name))
 
     def capacity(self) -> dict[str, Any]:
-        return {"mem_bytes": self.host.mem_bytes, "cpu_cores": self.host.cores,
-                "running": [t.name for t in self.tasks.values() if t.state == State.RUNNING],
-                "warnings": self.warnings}
+        return capacity_report(self.host, free_mem_bytes(), self.reservations(),
+                               [t.name for t in self.queue()]) | {"warnings": self.warnings}
+
+    # --- admission ---------------------------------------------------------------------------------
+
+    def reservations(self) -> list[Reservation]:
+        return [Reservation(t.name, t.spec.estimates.mem_bytes, t.spec.estimates.cpu_cores, t.usage.mem_bytes)
+                for t in self.tasks.values() if t.state == State.RUNNING]
+
+    def queue(self) -> list[Task]:
+        return sorted((t for t in self.tasks.values() if t.state == State.QUEUED), key=lambda t: t.id)
+
+    def decide(self, mem_bytes: int, cpu_cores: float, ahead: list[str] | None = None) -> Decision:
+        queued = [t.name for t in self.queue()] if ahead is None else ahead
+        return decide(self.host, free_mem_bytes(), self.reservations(), mem_bytes, cpu_cores, queued)
+
+    async def drain(self) -> None:
+        """Start queued tasks in submission order while the first of them fits (none overtakes another)."""
+        async with self._admission:
+            for task in self.queue():
+                if not self.decide(task.spec.estimates.mem_bytes, task.spec.estimates.cpu_cores, []).admit:
+                    break
+                await self.spawn(task)
+        if self.publisher:
+            self.publisher.capacity_changed(self.capacity())
+
+    async def recheck_forever(self) -> None:
+        """Memory freed outside babysit sends no signal: look at the queue now and then as well."""
+        while True:
+            await asyncio.sleep(self.config.recheck_s)
+            if self.queue():
+                await self.drain()
 
     def ping(self) -> str:
         return __version__
@@ -217,6 +271,7 @@ class Daemon:
         del self.tasks[task.name]
         if self.publisher:
             self.publisher.task_finished(task)
+        asyncio.get_running_loop().create_task(self.drain())  # its room is free now
 
     async def release(self, unit: str, active_state: str) -> None:
         """Let systemd forget a finished unit, so the name can run again."""
@@ -318,7 +373,8 @@ async def serve() -> None:
     daemon.publisher = service
     await daemon.start()
     await service.export()  # the name last: D-Bus activation callers only get a ready daemon
-    sampler = asyncio.get_running_loop().create_task(daemon.sample_forever())
+    background = [asyncio.get_running_loop().create_task(work())
+                  for work in (daemon.sample_forever, daemon.recheck_forever)]
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
@@ -326,7 +382,8 @@ async def serve() -> None:
              daemon.host.mem_bytes, daemon.host.cores)
     await asyncio.wait([asyncio.ensure_future(stop.wait()), asyncio.ensure_future(bus.wait_for_disconnect())],
                        return_when=asyncio.FIRST_COMPLETED)
-    sampler.cancel()
+    for work in background:
+        work.cancel()
     bus.disconnect()
 
 

@@ -21,8 +21,14 @@ def meminfo() -> dict[str, int]:
 
 def read_host(config: Config) -> Host:
     """The host as babysit may use it: RAM and cores, within the configured budgets."""
-    cores = len(os.sched_getaffinity(0))
+    mem = int(meminfo()["MemTotal"] * config.mem_budget_pct / 100)
+    cores = len(os.sched_getaffinity(0)) * config.cpu_budget_pct / 100
     return Host(
-        mem_bytes=int(meminfo()["MemTotal"] * config.mem_budget_pct / 100),
-        cores=max(1, int(cores * config.cpu_budget_pct / 100)),
+        mem_bytes=min(mem, config.mem_budget_bytes or mem),
+        cores=min(cores, config.cpu_budget_cores or cores),
     )
+
+
+def free_mem_bytes() -> int:
+    """Memory the kernel can hand out now without swapping (MemAvailable)."""
+    return meminfo()["MemAvailable"]

@@ -75,6 +75,10 @@ class InvalidArgument(BabysitError):
 class NameInUse(BabysitError):
     dbus_name = "org.babysit.Error.NameInUse"
 
+    @classmethod
+    def of(cls, name: str) -> NameInUse:
+        return cls(f"task {name!r} is still queued or running; pick another name or wait for it")
+
 
 class NoSuchTask(BabysitError):
     dbus_name = "org.babysit.Error.NoSuchTask"

@@ -108,6 +108,10 @@ class SchedulerInterface(ServiceInterface):
         return name, event
 
     @dbus_signal()
+    def CapacityChanged(self, capacity: dict[str, Variant]) -> DBusDict:
+        return capacity
+
+    @dbus_signal()
     def TaskFinished(self, name: str, result: dict[str, Variant]) -> Annotated[tuple[str, dict[str, Variant]], DBusSignature("sa{sv}")]:
         return name, result
 
@@ -180,6 +184,9 @@ class BusService:
             self.bus.export(task_path(task.name), self.objects[task.name])
         else:
             obj.update(task)
+
+    def capacity_changed(self, capacity: dict[str, Any]) -> None:
+        self.scheduler.CapacityChanged(to_dict(capacity))
 
     def task_finished(self, task: Task) -> None:
         self.task_changed(task)

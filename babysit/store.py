@@ -98,7 +98,7 @@ class Store:
                 self.db.execute("INSERT INTO transitions (task_id, at, state) VALUES (?, ?, ?)",
                                 (task_id, at, State.QUEUED.value))
         except sqlite3.IntegrityError:
-            raise NameInUse(f"task {spec.name!r} is still queued or running; pick another name or wait for it") from None
+            raise NameInUse.of(spec.name) from None
         return self.get(task_id)
 
     def save(self, task: Task, at: float, detail: str = "") -> Task:

@@ -30,7 +30,7 @@ class Host:
     """The capacity babysit may hand out: RAM and cores (after any configured budget)."""
 
     mem_bytes: int
-    cores: int
+    cores: float
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def derive_caps(spec: TaskSpec, host: Host) -> Caps:
     if e.cpu_cores > cpu_cap:
         raise ExceedsCap(
             f"exceeds_cap: estimated CPU {e.cpu_cores:g} cores is above the per-task cap {cpu_cap:g} cores "
-            f"({spec.cpu_pct_limit:g}% of {host.cores}); lower --estimated_cpu_cores or raise --cpu_pct_limit"
+            f"({spec.cpu_pct_limit:g}% of {host.cores:g}); lower --estimated_cpu_cores or raise --cpu_pct_limit"
         )
     return Caps(
         mem_limit_bytes=mem_cap,
