@@ -14,6 +14,7 @@ from tests.integration.conftest import babysit, journal, systemctl_show
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon")]
+LIGHT = ["--estimated_cpu_cores=0.2", "--estimated_mem_bytes=128M"]  # several side by side on 2 cores
 
 
 def daemon_pid() -> int:
@@ -28,8 +29,9 @@ def sigkill_daemon() -> None:
 
 def test_tasks_outlive_a_killed_daemon(task_name: str) -> None:
     long, short = f"{task_name}-long", f"{task_name}-short"
-    babysit("run", f"--name={long}", "--command=sleep 2; echo long-done")
-    babysit("run", f"--name={short}", "--command=sleep 0.5; echo short-done; exit 4")
+    for name, command in ((long, "sleep 2; echo long-done"), (short, "sleep 0.5; echo short-done; exit 4")):
+        started = babysit("run", f"--name={name}", f"--command={command}", *LIGHT)
+        assert started.returncode == 0, started.stderr
     wait_for(lambda: systemctl_show(unit_name(long), "SubState")["SubState"] == "running", 30, "long running")
 
     sigkill_daemon()
@@ -49,7 +51,7 @@ def test_tasks_outlive_a_killed_daemon(task_name: str) -> None:
 
 
 def test_wait_survives_a_daemon_restart_by_systemd(task_name: str) -> None:
-    babysit("run", f"--name={task_name}", "--command=sleep 3; echo done")
+    assert babysit("run", f"--name={task_name}", "--command=sleep 3; echo done", *LIGHT).returncode == 0
     with subprocess.Popen([*babysit_argv(), "wait", f"--name={task_name}"], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True) as waiter:
         wait_for(lambda: daemon_pid() > 0, 30, "daemon")
