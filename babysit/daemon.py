@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from dbus_fast import BusType
@@ -26,11 +26,14 @@ from babysit.cgroup import Layout, missing_controllers, read_sample
 from babysit.host import free_mem_bytes, read_host
 from babysit.outcome import UnitEnd, classify, has_ended
 from babysit.protocol import (
-    SLICE, UNIT_PREFIX, CapacityExceeded, CapsUnavailable, KillReason, NameInUse, NoSuchTask, NotRunning, State, log_command,
-    unit_name,
+    SLICE, UNIT_PREFIX, CapacityExceeded, CapsUnavailable, InvalidArgument, KillReason, NameInUse, NoSuchTask,
+    NotRunning, State, log_command, unit_name,
 )
+from babysit.quantities import format_duration
 from babysit.systemd import SERVICE, UNIT, Systemd, UnitChange, unit_path
-from babysit.task import Host, Outcome, Task, Usage, derive_caps, spec_from_wire, spec_to_wire
+from babysit.task import (
+    RUNTIME_BACKSTOP_MARGIN_S, Host, Outcome, Task, Usage, derive_caps, spec_from_wire, spec_to_wire,
+)
 from babysit.unit import cap_properties, start_properties
 
 log = logging.getLogger("babysitd")
@@ -149,9 +152,15 @@ class Daemon:
         task = self.live(name)
         spec = spec_from_wire({**spec_to_wire(task.spec), **changes, "name": name}, self.host)
         caps = derive_caps(spec, self.host)
-        task = self.save(task.with_(spec=spec, caps=caps))
         if task.state == State.RUNNING:
+            # RuntimeMaxSec was fixed at start; the daemon's own timer enforces kill_timeout below it
+            longest = task.caps.runtime_max_s - RUNTIME_BACKSTOP_MARGIN_S
+            if spec.estimates.kill_timeout_s > longest:
+                raise InvalidArgument(f"kill_timeout of a running task can grow to at most {format_duration(longest)} "
+                                      "(the systemd backstop set at its start)")
+            caps = replace(caps, runtime_max_s=task.caps.runtime_max_s)
             await self.systemd.set_unit_properties(unit_name(name), cap_properties(caps))
+        self.save(task.with_(spec=spec, caps=caps))
         await self.drain()
 
     def status(self, name: str) -> dict[str, Any]:
@@ -297,6 +306,15 @@ class Daemon:
                 task = self.by_id(watch.task_id)
                 if task and task.state == State.RUNNING:
                     self.sample(task, watch)
+                    await self.enforce(task)
+
+    async def enforce(self, task: Task) -> None:
+        """kill_timeout, by the daemon's clock so that `adjust` can move it."""
+        if task.kill_requested or task.started_at is None:
+            return
+        if time.time() - task.started_at >= task.spec.estimates.kill_timeout_s:
+            log.info("%s reached its kill_timeout", task.name)
+            await self.stop(task, KillReason.TIMEOUT)
 
     def sample(self, task: Task, watch: Watch) -> None:
         """Memory now and peak, CPU seconds and cores over the window, from the unit's cgroup."""

@@ -50,7 +50,7 @@ class Caps:
     cpu_limit_cores: float  # the per-task cap: cpu_pct_limit % of the host's cores
     memory_max_bytes: int  # MemoryMax: 3 x estimate, within the cap
     cpu_quota_pct: float  # CPUQuota, in percent of one CPU as systemd counts it
-    runtime_max_s: float  # RuntimeMaxSec: a backstop past kill_timeout
+    runtime_max_s: float  # RuntimeMaxSec: a backstop past kill_timeout, for when no daemon runs
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,8 @@ def derive_caps(spec: TaskSpec, host: Host) -> Caps:
         cpu_limit_cores=cpu_cap,
         memory_max_bytes=min(3 * e.mem_bytes, mem_cap),
         cpu_quota_pct=cpu_cap * 100,
-        runtime_max_s=e.kill_timeout_s + RUNTIME_BACKSTOP_MARGIN_S,
+        # systemd cannot move RuntimeMaxSec on a running unit; leave `adjust` room to extend kill_timeout
+        runtime_max_s=2 * e.kill_timeout_s + RUNTIME_BACKSTOP_MARGIN_S,
     )
 
 

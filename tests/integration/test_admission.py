@@ -128,3 +128,15 @@ def babysit_argv() -> list[str]:
     from tests.integration.conftest import BIN
 
     return [str(BIN / "babysit")]
+
+
+def test_adjust_moves_the_kill_timeout_of_a_running_task(task_name: str) -> None:
+    babysit("run", f"--name={task_name}", "--command=sleep 300", "--estimated_time=1m", "--estimated_cpu_cores=0.2")
+    wait_for(lambda: status(task_name)["status"] == "running", 30, "running")
+    too_long = babysit("adjust", f"--name={task_name}", "--kill_timeout=1h")
+    assert too_long.returncode == 2 and "can grow to at most" in too_long.stderr
+    assert babysit("adjust", f"--name={task_name}", "--kill_timeout=2s").returncode == 0
+    waited = babysit("wait", f"--name={task_name}")
+    result = json.loads(waited.stdout)
+    assert (waited.returncode, result["status"], result["kill_reason"]) == (1, "killed", "timeout")
+    assert result["elapsed_s"] < 30

@@ -28,7 +28,7 @@ def test_caps() -> None:
     caps = derive_caps(spec(estimated_mem_bytes="1G", estimated_cpu_cores=1, estimated_time="10m"), SMALL)
     assert caps.memory_max_bytes == 3 * GiB
     assert caps.cpu_quota_pct == pytest.approx(180)
-    assert caps.runtime_max_s == 1200 + 60
+    assert caps.runtime_max_s == 2 * 1200 + 60
     capped = derive_caps(spec(estimated_mem_bytes="3G"), SMALL)
     assert capped.memory_max_bytes == int(0.4 * 8 * GiB)  # 3x would pass the per-task cap
 
