@@ -5,6 +5,7 @@ The test session runner imports the parsers too, before any virtualenv exists.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,7 @@ class Sample:
     peak_mem_bytes: int | None  # the kernel's own high-water mark, where it keeps one
     cpu_ns: int
     mem_failcnt: int | None  # v1: times the limit was hit
+    oom_kills: int = 0  # v1 memory.oom_control / v2 memory.events: processes the OOM killer ended
 
 
 def _read_int(path: Path) -> int | None:
@@ -75,10 +77,49 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
+def parse_flat_keyed(text: str) -> dict[str, int]:
+    """`key value` lines (cpu.stat, memory.events, memory.oom_control)."""
+    pairs = (line.split() for line in text.splitlines())
+    return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].lstrip("-").isdigit()}
+
+
+def _oom_kills(path: Path) -> int:
+    try:
+        return parse_flat_keyed(path.read_text()).get("oom_kill", 0)
+    except OSError:
+        return 0
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def parse_proc_stat_cpu(text: str) -> int:
+    """CPU clock ticks of a process and its reaped children, from /proc/<pid>/stat."""
+    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return utime + stime + cutime + cstime
+
+
+def processes_cpu_ns(cgroup_dir: Path) -> int:
+    """CPU time of the processes now in a cgroup: for v1 hosts where the unit has no cpuacct cgroup
+    (cpu and cpuacct mounted apart, which systemd does not account). Time of processes that ended
+    and were not reaped by one of them is lost."""
+    total = 0
+    try:
+        pids = (cgroup_dir / "cgroup.procs").read_text().split()
+    except OSError:
+        return 0
+    for pid in pids:
+        try:
+            total += parse_proc_stat_cpu(Path(f"/proc/{pid}/stat").read_text())
+        except (OSError, IndexError, ValueError):
+            pass  # it ended meanwhile
+    return total * 1_000_000_000 // CLOCK_TICKS
+
+
 def parse_cpu_stat(text: str) -> int:
     """CPU nanoseconds from a v2 cpu.stat."""
-    fields = dict(line.split() for line in text.splitlines() if line.strip())
-    return int(fields.get("usage_usec", 0)) * 1000
+    return parse_flat_keyed(text).get("usage_usec", 0) * 1000
 
 
 def read_sample(layout: Layout, cgroup: str) -> Sample | None:
@@ -91,7 +132,9 @@ def read_sample(layout: Layout, cgroup: str) -> Sample | None:
             cpu = parse_cpu_stat((base / "cpu.stat").read_text())
         except OSError:
             return None
-        return None if mem is None else Sample(mem, _read_int(base / "memory.peak"), cpu, None)
+        if mem is None:
+            return None
+        return Sample(mem, _read_int(base / "memory.peak"), cpu, None, _oom_kills(base / "memory.events"))
     if not layout.memory_root:
         return None
     mem_dir = layout.memory_root / rel
@@ -99,8 +142,10 @@ def read_sample(layout: Layout, cgroup: str) -> Sample | None:
     if mem is None:
         return None
     cpu = _read_int(layout.cpu_root / rel / "cpuacct.usage") if layout.cpu_root else None
-    return Sample(mem, _read_int(mem_dir / "memory.max_usage_in_bytes"), cpu or 0,
-                  _read_int(mem_dir / "memory.failcnt"))
+    if cpu is None:
+        cpu = processes_cpu_ns(mem_dir)
+    return Sample(mem, _read_int(mem_dir / "memory.max_usage_in_bytes"), cpu,
+                  _read_int(mem_dir / "memory.failcnt"), _oom_kills(mem_dir / "memory.oom_control"))
 
 
 def missing_controllers(layout: Layout, manager_cgroup: str, uid: int) -> list[str]:
@@ -116,3 +161,46 @@ def missing_controllers(layout: Layout, manager_cgroup: str, uid: int) -> list[s
         if directory is None or not directory.exists() or directory.stat().st_uid != uid:
             missing.append(controller)
     return missing
+
+
+class OomNotifier:
+    """cgroup v1: the kernel's OOM notification for one cgroup, through an eventfd (signal-driven).
+
+    The cgroup is gone by the time systemd reports the unit failed, so the evidence has to be caught
+    when it happens. The eventfd also fires when the cgroup is removed: a wake while the cgroup still
+    exists, or more than one wake, is an OOM.
+    """
+
+    def __init__(self, memory_dir: Path) -> None:
+        self.dir = memory_dir
+        self.fired = False
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        control = os.open(memory_dir / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            (memory_dir / "cgroup.event_control").write_text(f"{self.fd} {control}")
+        except OSError:
+            os.close(self.fd)
+            raise
+        finally:
+            os.close(control)
+
+    def on_readable(self) -> None:
+        try:
+            wakes = os.eventfd_read(self.fd)
+        except BlockingIOError:
+            return
+        if wakes >= 2 or self.dir.exists():
+            self.fired = True
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def oom_notifier(layout: Layout, cgroup: str) -> OomNotifier | None:
+    """An OOM notifier for a unit's cgroup on v1; None on v2 (systemd says Result=oom-kill) or if gone."""
+    if layout.v2 or not layout.memory_root:
+        return None
+    try:
+        return OomNotifier(layout.memory_root / cgroup.lstrip("/"))
+    except OSError:
+        return None

@@ -177,7 +177,7 @@ def row(task: dict[str, Any]) -> tuple[str, ...]:
         f"{format_size(task['mem_bytes'])}/{format_size(task['peak_mem_bytes'])}/"
         f"{format_size(task['estimated_mem_bytes'])}",
         f"{task['cpu_cores']:.1f}/{task['estimated_cpu_cores']:g}",
-        "-",
+        f"{task['silent_s']:.0f}s" if task["status"] == "running" else "-",
     )
 
 

@@ -21,6 +21,9 @@ class Config:
     mem_budget_bytes: int | None = None  # an absolute ceiling as well (a size: "8G")
     cpu_budget_cores: float | None = None
     recheck_s: float = 5.0  # the queue is re-checked this often too, for memory freed outside babysit
+    tolerance_s: float = 30.0  # 2x an estimate for this long stops a task
+    pressure_free_pct: float = 5.0  # free memory below this share of RAM is host pressure...
+    pressure_free_bytes: int | None = None  # ...or below this many bytes, when set
 
 
 def default_path() -> Path:
@@ -40,12 +43,12 @@ def parse(text: str) -> Config:
         raise InvalidArgument(f"config.toml: unknown keys {', '.join(sorted(unknown))}")
     values: dict[str, float | int] = {}
     for key, value in data.items():
-        if key == "mem_budget_bytes" and isinstance(value, str):
+        if key in ("mem_budget_bytes", "pressure_free_bytes") and isinstance(value, str):
             values[key] = parse_size(value)
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise InvalidArgument(f"config.toml: {key} must be a positive number")
-        values[key] = int(value) if key == "mem_budget_bytes" else float(value)
+        values[key] = int(value) if key in ("mem_budget_bytes", "pressure_free_bytes") else float(value)
     return Config(**values)
 
 

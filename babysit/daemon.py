@@ -20,11 +20,11 @@ from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
-from babysit import __version__, config, report, store
+from babysit import __version__, config, journal, policy, report, store
 from babysit.capacity import Decision, Reservation, capacity_report, decide, refusal
-from babysit.cgroup import Layout, missing_controllers, read_sample
-from babysit.host import free_mem_bytes, read_host
-from babysit.outcome import UnitEnd, classify, has_ended
+from babysit.cgroup import Layout, OomNotifier, missing_controllers, oom_notifier, read_sample
+from babysit.host import free_mem_bytes, meminfo, read_host
+from babysit.outcome import UnitEnd, classify, has_ended, oom_evidence
 from babysit.protocol import (
     SLICE, UNIT_PREFIX, CapacityExceeded, CapsUnavailable, InvalidArgument, KillReason, NameInUse, NoSuchTask,
     NotRunning, State, log_command, unit_name,
@@ -46,6 +46,7 @@ class Publisher(Protocol):
     def task_changed(self, task: Task) -> None: ...
     def task_finished(self, task: Task) -> None: ...
     def capacity_changed(self, capacity: dict[str, Any]) -> None: ...
+    def runaway_risk(self, task: Task, event: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -56,6 +57,11 @@ class Watch:
     props: dict[str, Any] = field(default_factory=dict)
     seen_active: bool = False
     cpu_mark: tuple[float, int] | None = None  # (monotonic time, CPU ns) of the window's start
+    last_output: float = field(default_factory=time.monotonic)
+    policy: policy.Memory = field(default_factory=policy.Memory)
+    oom_kills: int = 0  # cgroup v1 evidence of the OOM killer, as last sampled
+    failcnt: int = 0
+    oom: OomNotifier | None = None  # cgroup v1: armed once the unit's cgroup exists
 
 
 class Daemon:
@@ -73,6 +79,7 @@ class Daemon:
         self.watches: dict[str, Watch] = {}  # unit object path -> watch
         self._finishing: set[int] = set()
         self._admission = asyncio.Lock()  # one decision at a time, so two tasks never take the same room
+        self.external_pressure = False  # reported once per episode
 
     # --- start-up ---------------------------------------------------------------------------------
 
@@ -102,6 +109,8 @@ class Daemon:
         watch = self.watches.setdefault(unit_path(unit), Watch(task.id))
         watch.props.update(props)
         watch.seen_active = True  # it ran: a loaded, inactive task unit has ended
+        if watch.oom is None and props.get("SubState") == "running":
+            self.arm_oom_notifier(task, watch)
         if has_ended(watch.props, started=True):
             await self.finish(task)
         log.info("adopted running task %s", task.name)
@@ -257,8 +266,18 @@ class Daemon:
         if change.changed.get("ActiveState") in ACTIVE_STATES:
             watch.seen_active = True
         task = self.by_id(watch.task_id)
+        if task and watch.oom is None and change.changed.get("ActiveState") == "active":
+            self.arm_oom_notifier(task, watch)
         if task and has_ended(watch.props, watch.seen_active) and task.id not in self._finishing:
             asyncio.get_running_loop().create_task(self.finish(task))
+
+    def arm_oom_notifier(self, task: Task, watch: Watch) -> None:
+        watch.oom = oom_notifier(self.layout, self.cgroup_of(task))
+        if watch.oom:
+            asyncio.get_running_loop().add_reader(watch.oom.fd, watch.oom.on_readable)
+
+    def cgroup_of(self, task: Task) -> str:
+        return f"{self.manager_cgroup}/{SLICE}/{unit_name(task.name)}"
 
     async def finish(self, task: Task) -> None:
         """A task's unit is over: read how it ended, store the result, release the unit."""
@@ -270,7 +289,14 @@ class Daemon:
             props = {**watch.props, **await self.unit_properties(unit)}
         except DBusError:
             props = watch.props  # already unloaded: the signals carried the end
-        outcome = classify(UnitEnd.from_properties(props), self.by_id(task.id).kill_requested)
+        task = self.by_id(task.id) or task
+        if watch.oom:
+            asyncio.get_running_loop().remove_reader(watch.oom.fd)
+            watch.oom.on_readable()  # a wake not yet delivered
+            watch.oom.close()
+        evidence = (bool(watch.oom and watch.oom.fired)
+                    or oom_evidence(watch.oom_kills, watch.failcnt, task.usage.peak_mem_bytes, task.caps.memory_max_bytes))
+        outcome = classify(UnitEnd.from_properties(props), task.kill_requested, evidence)
         await self.record_end(self.by_id(task.id), outcome)
         await self.release(unit, props.get("ActiveState", ""))
         self._finishing.discard(task.id)
@@ -300,28 +326,21 @@ class Daemon:
     # --- sampling ---------------------------------------------------------------------------------
 
     async def sample_forever(self) -> None:
+        """Each tick: sample every running task, apply the kill policy, then look at host pressure."""
         while True:
             await asyncio.sleep(self.config.tick_s)
             for watch in list(self.watches.values()):
                 task = self.by_id(watch.task_id)
                 if task and task.state == State.RUNNING:
-                    self.sample(task, watch)
-                    await self.enforce(task)
+                    task = self.sample(task, watch)
+                    await self.police(task, watch)
+            await self.check_pressure()
 
-    async def enforce(self, task: Task) -> None:
-        """kill_timeout, by the daemon's clock so that `adjust` can move it."""
-        if task.kill_requested or task.started_at is None:
-            return
-        if time.time() - task.started_at >= task.spec.estimates.kill_timeout_s:
-            log.info("%s reached its kill_timeout", task.name)
-            await self.stop(task, KillReason.TIMEOUT)
-
-    def sample(self, task: Task, watch: Watch) -> None:
+    def sample(self, task: Task, watch: Watch) -> Task:
         """Memory now and peak, CPU seconds and cores over the window, from the unit's cgroup."""
-        cgroup = f"{self.manager_cgroup}/{SLICE}/{unit_name(task.name)}"
-        sample = read_sample(self.layout, cgroup)
+        sample = read_sample(self.layout, self.cgroup_of(task))
         if sample is None:
-            return
+            return task
         now = time.monotonic()
         cores = task.usage.cpu_cores
         if watch.cpu_mark is None:
@@ -329,19 +348,70 @@ class Daemon:
         elif now - watch.cpu_mark[0] >= self.config.cpu_window_s or not cores:
             elapsed = now - watch.cpu_mark[0]
             if elapsed > 0:
-                cores = (sample.cpu_ns - watch.cpu_mark[1]) / 1e9 / elapsed
+                cores = max(0.0, (sample.cpu_ns - watch.cpu_mark[1]) / 1e9 / elapsed)  # a process may have ended
                 watch.cpu_mark = (now, sample.cpu_ns)
+        watch.oom_kills, watch.failcnt = sample.oom_kills, sample.mem_failcnt or 0
         usage = Usage(
             mem_bytes=sample.mem_bytes,
             peak_mem_bytes=max(task.usage.peak_mem_bytes, sample.mem_bytes, sample.peak_mem_bytes or 0),
             cpu_seconds=max(task.usage.cpu_seconds, sample.cpu_ns / 1e9),
             cpu_cores=cores,
+            silent_s=now - watch.last_output,
         )
         if usage != task.usage:
             task = task.with_(usage=usage)
             self.tasks[task.name] = task
             self.store.save_usage(task)
             self.publish(task)
+        return task
+
+    async def police(self, task: Task, watch: Watch) -> None:
+        """Warnings for estimates first exceeded; a stop when the policy says so."""
+        if task.kill_requested or task.started_at is None:
+            return
+        u = task.usage
+        observation = policy.Observation(time.monotonic(), time.time() - task.started_at, u.mem_bytes, u.cpu_cores,
+                                         u.silent_s)
+        verdict = policy.evaluate(observation, task.spec.estimates, watch.policy, self.config.tolerance_s)
+        watch.policy = verdict.memory
+        for risk in verdict.risks:
+            event = report.risk_event(task, risk.dim, risk.actual, risk.estimate, risk.ratio, time.time())
+            self.store.add_event(task, "runaway_risk", {k: v for k, v in event.items() if k != "event"}, time.time())
+            if self.publisher:
+                self.publisher.runaway_risk(task, event)
+        if verdict.kill:
+            log.info("stopping %s: %s", task.name, verdict.kill)
+            await self.stop(task, verdict.kill)
+
+    def on_output(self, unit: str) -> None:
+        """A task printed a line (from the journal follower)."""
+        watch = self.watches.get(unit_path(unit))
+        if watch:
+            watch.last_output = time.monotonic()
+
+    def pressure_threshold(self) -> int:
+        if self.config.pressure_free_bytes:
+            return self.config.pressure_free_bytes
+        return int(meminfo()["MemTotal"] * self.config.pressure_free_pct / 100)
+
+    async def check_pressure(self) -> None:
+        """Low free memory: stop babysit's own culprits, or note pressure that comes from elsewhere."""
+        running = [t for t in self.tasks.values() if t.state == State.RUNNING and not t.kill_requested]
+        loads = [policy.Load(t.name, t.usage.mem_bytes, t.spec.estimates.mem_bytes) for t in running]
+        verdict = policy.pressure_victims(loads, free_mem_bytes(), self.pressure_threshold())
+        if verdict.external:
+            if not self.external_pressure:
+                log.warning("host memory pressure from outside babysit (%d bytes short); nothing stopped",
+                            verdict.shortfall_bytes)
+                for task in running:
+                    self.store.add_event(task, "external_pressure", {"name": task.name, "at": report.timestamp(
+                        time.time()), "shortfall_bytes": verdict.shortfall_bytes}, time.time())
+            self.external_pressure = True
+            return
+        self.external_pressure = False
+        for name in verdict.victims:
+            log.warning("host memory pressure (%d bytes short): stopping %s", verdict.shortfall_bytes, name)
+            await self.stop(self.tasks[name], KillReason.PRESSURE)
 
     # --- bookkeeping ------------------------------------------------------------------------------
 
@@ -391,8 +461,8 @@ async def serve() -> None:
     daemon.publisher = service
     await daemon.start()
     await service.export()  # the name last: D-Bus activation callers only get a ready daemon
-    background = [asyncio.get_running_loop().create_task(work())
-                  for work in (daemon.sample_forever, daemon.recheck_forever)]
+    background = [asyncio.get_running_loop().create_task(work) for work in
+                  (daemon.sample_forever(), daemon.recheck_forever(), journal.follow(daemon.on_output))]
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)

@@ -40,8 +40,16 @@ def has_ended(props: Mapping[str, Any], started: bool) -> bool:
     return state == "failed" or props.get("SubState") == "exited" or (started and state == "inactive")
 
 
-def classify(end: UnitEnd, kill_requested: KillReason | None) -> Outcome:
-    """The terminal outcome: a stop babysit asked for wins; then systemd's own kills; then the exit."""
+def oom_evidence(oom_kills: int, failcnt: int, peak_bytes: int, memory_max_bytes: int) -> bool:
+    """cgroup v1 has no oom-kill result: with a SIGKILL, an OOM kill counted, the limit hit, or the
+    peak at the limit means the kernel's OOM killer acted at MemoryMax."""
+    at_limit = memory_max_bytes > 0 and peak_bytes >= memory_max_bytes * 0.98
+    return oom_kills > 0 or failcnt > 0 or at_limit
+
+
+def classify(end: UnitEnd, kill_requested: KillReason | None, oom_seen: bool = False) -> Outcome:
+    """The terminal outcome: a stop babysit asked for wins; then systemd's and the kernel's kills;
+    then the exit. `oom_seen` is the cgroup v1 evidence (see oom_evidence)."""
     code, status = end.exec_main_code, end.exec_main_status
     exit_code = status if code == CLD_EXITED else None
     sig = status if code in (CLD_KILLED, CLD_DUMPED) else None
@@ -49,7 +57,7 @@ def classify(end: UnitEnd, kill_requested: KillReason | None) -> Outcome:
         return Outcome(State.KILLED, exit_code, sig, kill_requested)
     if end.result == "timeout":
         return Outcome(State.KILLED, exit_code, sig, KillReason.TIMEOUT, "RuntimeMaxSec reached")
-    if end.result == "oom-kill":
+    if end.result == "oom-kill" or (oom_seen and sig == signal.SIGKILL):
         return Outcome(State.KILLED, exit_code, sig, KillReason.OOM, "the kernel's OOM killer ended it at MemoryMax")
     if code == CLD_EXITED:
         return Outcome(State.COMPLETED if status == 0 else State.FAILED, exit_code)

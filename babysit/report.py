@@ -67,7 +67,14 @@ def status(task: Task, now: float) -> dict[str, Any]:
         "submitted_at": timestamp(task.submitted_at),
         "mem_bytes": task.usage.mem_bytes,
         "cpu_cores": round(task.usage.cpu_cores, 3),
+        "silent_s": round(task.usage.silent_s, 1),
     }
+
+
+def risk_event(task: Task, dim: str, actual: float, estimate: float, ratio: float, at: float) -> dict[str, Any]:
+    """A runaway_risk event as `wait` prints it."""
+    return {"event": "runaway_risk", "name": task.name, "dim": dim, "actual": actual, "estimate": estimate,
+            "ratio": ratio, "at": timestamp(at)}
 
 
 def terminal_only(report: dict[str, Any]) -> dict[str, Any]:

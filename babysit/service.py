@@ -185,6 +185,9 @@ class BusService:
         else:
             obj.update(task)
 
+    def runaway_risk(self, task: Task, event: dict[str, Any]) -> None:
+        self.scheduler.RunawayRisk(task.name, to_dict(event))
+
     def capacity_changed(self, capacity: dict[str, Any]) -> None:
         self.scheduler.CapacityChanged(to_dict(capacity))
 

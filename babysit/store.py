@@ -146,7 +146,7 @@ class Store:
 
     def events(self, task: Task) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT kind, at, data FROM events WHERE task_id = ? ORDER BY rowid", (task.id,))
-        return [{"event": kind, "at": at, **json.loads(data)} for kind, at, data in rows]
+        return [{"event": kind, **json.loads(data)} for kind, _at, data in rows]
 
     def transitions(self, task: Task) -> list[tuple[float, str, str]]:
         rows = self.db.execute("SELECT at, state, detail FROM transitions WHERE task_id = ? ORDER BY rowid",

@@ -197,6 +197,7 @@ class Usage:
     peak_mem_bytes: int = 0
     cpu_seconds: float = 0.0
     cpu_cores: float = 0.0
+    silent_s: float = 0.0  # since the last line of output
 
 
 @dataclass(frozen=True)

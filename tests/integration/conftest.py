@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
 from babysit.systemd import Systemd, UnitChange, unit_path
+from tests.waiting import wait_for
 
 
 class UnitSignals:
@@ -130,3 +132,26 @@ def figure(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
             print(f"\nFIGURE {line}", flush=True)
 
     return write
+
+
+def restart_daemon() -> None:
+    subprocess.run(["systemctl", "--user", "restart", "babysitd.service"], check=True, timeout=60)
+    wait_for(lambda: babysit("ping").returncode == 0, 30, "babysitd")
+
+
+@contextlib.contextmanager
+def daemon_config(text: str) -> Iterator[None]:
+    """babysitd restarted with this config.toml, and restarted without it afterwards."""
+    config = Path.home() / ".config" / "babysit" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    before = config.read_text() if config.exists() else None
+    config.write_text(text)
+    restart_daemon()
+    try:
+        yield
+    finally:
+        if before is None:
+            config.unlink()
+        else:
+            config.write_text(before)
+        restart_daemon()

@@ -6,12 +6,11 @@ import json
 import subprocess
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
-from babysit.protocol import DAEMON_UNIT, unit_name
-from tests.integration.conftest import babysit, systemctl_show
+from babysit.protocol import unit_name
+from tests.integration.conftest import babysit, daemon_config, restart_daemon, systemctl_show
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("small_host")]
@@ -19,21 +18,11 @@ MiB = 1 << 20
 BIG = ["--estimated_mem_bytes=700M", "--mem_pct_limit=100", "--estimated_cpu_cores=1"]
 
 
-def restart_daemon() -> None:
-    subprocess.run(["systemctl", "--user", "restart", DAEMON_UNIT], check=True, timeout=60)
-    wait_for(lambda: babysit("ping").returncode == 0, 30, "babysitd")
-
-
 @pytest.fixture(scope="module")
 def small_host(daemon: str) -> Iterator[None]:
     """A 1 GiB, 2-core budget, whatever the machine has."""
-    config = Path.home() / ".config" / "babysit" / "config.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text('mem_budget_bytes = "1G"\ncpu_budget_cores = 2\nrecheck_s = 1\n')
-    restart_daemon()
-    yield
-    config.unlink()
-    restart_daemon()
+    with daemon_config('mem_budget_bytes = "1G"\ncpu_budget_cores = 2\nrecheck_s = 1\n'):
+        yield
 
 
 def status(name: str) -> dict:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from babysit import config
-from babysit.cgroup import Layout, missing_controllers, parse_cpu_stat, read_sample
+from babysit.cgroup import CLOCK_TICKS, Layout, missing_controllers, parse_cpu_stat, parse_proc_stat_cpu, read_sample
 from babysit.protocol import InvalidArgument
 
 V1_MOUNTINFO = """\
@@ -61,3 +61,20 @@ def test_missing_controllers_v2(tmp_path: Path) -> None:
     manager.mkdir(parents=True)
     (manager / "cgroup.controllers").write_text("cpu pids\n")
     assert missing_controllers(Layout(tmp_path, tmp_path, v2=True), "/user.slice/user@1000.service", 1000) == ["memory"]
+
+
+def test_proc_stat_cpu_ticks() -> None:
+    stat = "4242 (python3 -c (x)) R 1 4242 4242 0 -1 4194304 100 0 0 0 250 50 7 3 20 0 1 0 123 456 789"
+    assert parse_proc_stat_cpu(stat) == 250 + 50 + 7 + 3
+
+
+def test_v1_without_cpuacct_counts_the_processes(tmp_path: Path) -> None:
+    import os
+
+    unit = tmp_path / "memory" / "u.service"
+    unit.mkdir(parents=True)
+    (unit / "memory.usage_in_bytes").write_text("4096\n")
+    (unit / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    sample = read_sample(Layout(tmp_path / "memory", tmp_path / "cpuacct", v2=False), "/u.service")
+    assert sample is not None  # this very process, as the only one in the cgroup
+    assert sample.cpu_ns == pytest.approx(sum(os.times()[:4]) * 1e9, abs=2e9 / CLOCK_TICKS)

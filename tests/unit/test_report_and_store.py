@@ -51,9 +51,9 @@ def test_records_survive_reopening(tmp_path: Path) -> None:
     db = Store(path)
     task = db.add(s, derive_caps(s, HOST), at=1.0)
     db.save(task.with_(state=State.RUNNING, started_at=2.0, kill_requested=KillReason.USER), at=2.0)
-    db.add_event(task, "runaway_risk", {"dim": "mem", "ratio": 1.2}, at=3.0)
+    db.add_event(task, "runaway_risk", {"dim": "mem", "ratio": 1.2, "at": "t3"}, at=3.0)
     db.close()
     again = Store(path)
     (live,) = again.live()
     assert live.spec == s and live.kill_requested == KillReason.USER and live.started_at == 2.0
-    assert again.events(live) == [{"event": "runaway_risk", "at": 3.0, "dim": "mem", "ratio": 1.2}]
+    assert again.events(live) == [{"event": "runaway_risk", "dim": "mem", "ratio": 1.2, "at": "t3"}]

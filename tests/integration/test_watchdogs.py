@@ -1,0 +1,146 @@
+"""Watchdogs with real workloads and short intervals: each kill reason, warnings, and host pressure.
+
+Each test prints the measured delay between the trigger and the kill (a figure, not an assertion).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+import pytest
+
+from babysit.host import free_mem_bytes
+from babysit.protocol import unit_name
+from tests.integration.conftest import babysit, daemon_config
+from tests.waiting import wait_for
+
+pytestmark = [pytest.mark.integration]
+TOLERANCE_S = 2.0
+PY = "/usr/bin/python3 -u -c"
+
+
+@pytest.fixture(scope="module")
+def quick_watchdogs(daemon: str) -> Iterator[None]:
+    with daemon_config(f"tick_s = 0.25\ntolerance_s = {TOLERANCE_S}\ncpu_window_s = 1\n"):
+        yield
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def wait_result(name: str, timeout: float = 90) -> tuple[int, dict, str]:
+    done = babysit("wait", f"--name={name}", timeout=timeout)
+    return done.returncode, json.loads(done.stdout), done.stderr
+
+
+def line_time(unit: str, text: str) -> float:
+    """When the task printed a line containing `text` (journald's receive time)."""
+    out = subprocess.run(["journalctl", "--user", "-u", unit, "-o", "json", "--no-pager"], capture_output=True,
+                         text=True).stdout
+    entries = [json.loads(line) for line in out.splitlines()]
+    return next(int(e["__REALTIME_TIMESTAMP"]) / 1e6 for e in entries if text in str(e.get("MESSAGE", "")))
+
+
+def hog(target_mib: int, step_mib: int = 8, pause: float = 0.05, hold_s: float = 60) -> str:
+    """A Python hog that fills memory step by step, says when it holds it, then holds it (printing)."""
+    code = (f"import time\nc = []\nwhile len(c) * {step_mib} < {target_mib}:\n"
+            f"    c.append(b'x' * ({step_mib} << 20)); print('at', len(c) * {step_mib}); time.sleep({pause})\n"
+            f"print('holding')\nfor _ in range({int(hold_s * 2)}):\n    print('alive'); time.sleep(0.5)\n")
+    return f"{PY} \"{code}\""
+
+
+@pytest.mark.usefixtures("quick_watchdogs")
+class TestKills:
+    def test_memory_past_3x_is_the_kernels_oom_kill(self, task_name: str, figure: Callable[[str], None]) -> None:
+        babysit("run", f"--name={task_name}", f"--command={hog(400)}", "--estimated_mem_bytes=64M")
+        code, result, _ = wait_result(task_name)
+        assert (code, result["status"], result["kill_reason"]) == (1, "killed", "oom"), result
+        assert "--estimated_mem_bytes=" in result["kill_hint"]
+        last = max(line_time(unit_name(task_name), "at "), 0)
+        figure(f"oom: last output -> recorded kill {1000 * (epoch(result['finished_at']) - last):.0f} ms")
+
+    def test_memory_held_at_2_5x_is_stopped_after_the_window(self, task_name: str,
+                                                             figure: Callable[[str], None]) -> None:
+        babysit("run", f"--name={task_name}", f"--command={hog(160)}", "--estimated_mem_bytes=64M")
+        code, result, _ = wait_result(task_name)
+        assert (code, result["kill_reason"]) == (1, "mem_2x_sustained"), result
+        assert result["peak_mem_bytes"] >= 2 * (64 << 20)
+        assert "--estimated_mem_bytes=" in result["kill_hint"] and "peak" in result["kill_hint"]
+        trigger = line_time(unit_name(task_name), "at 128") + TOLERANCE_S  # 2x of 64M from here
+        figure(f"mem_2x_sustained: window end -> kill {1000 * (epoch(result['finished_at']) - trigger):.0f} ms")
+
+    def test_a_cpu_burner_far_above_its_estimate(self, task_name: str, figure: Callable[[str], None]) -> None:
+        burn = f"{PY} \"import time\nprint('burning')\nend = time.time() + 60\nwhile time.time() < end: pass\""
+        babysit("run", f"--name={task_name}", f"--command={burn}", "--estimated_cpu_cores=0.2")
+        code, result, _ = wait_result(task_name)
+        assert (code, result.get("kill_reason")) == (1, "cpu_2x_sustained"), result
+        assert "--estimated_cpu_cores=" in result["kill_hint"]
+        start = line_time(unit_name(task_name), "burning")
+        figure(f"cpu_2x_sustained: start -> kill {epoch(result['finished_at']) - start:.2f} s "
+               f"(1 s CPU window + {TOLERANCE_S:.0f} s tolerance)")
+
+    def test_a_silent_task_is_stopped_and_a_chatty_one_is_not(self, task_name: str,
+                                                              figure: Callable[[str], None]) -> None:
+        silent, chatty = f"{task_name}-silent", f"{task_name}-chatty"
+        light = ["--observability_interval=2s", "--estimated_cpu_cores=0.1"]
+        babysit("run", f"--name={silent}", "--command=sleep 300", *light)
+        babysit("run", f"--name={chatty}", "--command=for i in $(seq 12); do echo tick $i; sleep 0.5; done", *light)
+        code, result, _ = wait_result(silent)
+        assert (code, result["kill_reason"]) == (1, "observability_stall"), result
+        assert "--observability_interval" in result["kill_hint"]
+        delay = epoch(result["finished_at"]) - epoch(result["started_at"]) - 2
+        figure(f"observability_stall: interval end -> kill {1000 * delay:.0f} ms")
+        code, result, _ = wait_result(chatty)
+        assert (code, result["status"]) == (0, "completed"), result
+
+    def test_kill_timeout(self, task_name: str, figure: Callable[[str], None]) -> None:
+        babysit("run", f"--name={task_name}", "--command=while true; do echo .; sleep 0.2; done", "--kill_timeout=2s",
+                "--estimated_time=1s")
+        code, result, _ = wait_result(task_name)
+        assert (code, result["kill_reason"]) == (1, "timeout"), result
+        figure(f"timeout: kill_timeout -> kill {1000 * (result['elapsed_s'] - 2):.0f} ms")
+
+    def test_wait_prints_runaway_risk_before_the_result(self, task_name: str) -> None:
+        babysit("run", f"--name={task_name}", "--command=sleep 2; echo done", "--estimated_time=1s")
+        code, result, stderr = wait_result(task_name)
+        assert (code, result["status"]) == (0, "completed")
+        events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+        assert [(e["event"], e["name"], e["dim"]) for e in events] == [("runaway_risk", task_name, "elapsed")]
+        assert events[0]["estimate"] == 1 and events[0]["actual"] > 1 and events[0]["ratio"] > 1
+        # a wait attached later replays the stored event
+        assert json.loads(babysit("wait", f"--name={task_name}").stderr.splitlines()[0])["dim"] == "elapsed"
+
+
+def test_host_pressure(task_name: str, daemon: str, figure: Callable[[str], None]) -> None:
+    """Free memory below the threshold: an outside hog is only reported; a babysit one over its estimate is stopped."""
+    threshold = free_mem_bytes() - (150 << 20)
+    with daemon_config(f"tick_s = 0.25\ntolerance_s = 120\npressure_free_bytes = {threshold}\n"):
+        bystander = f"{task_name}-bystander"
+        babysit("run", f"--name={bystander}", "--command=while true; do echo .; sleep 1; done",
+                "--estimated_cpu_cores=0.1", "--estimated_mem_bytes=64M")
+        outside = subprocess.run(["systemd-run", "--user", "--unit", f"{task_name}-outside", "--collect",
+                                  "/usr/bin/python3", "-c", "import time; b = b'x' * (300 << 20); time.sleep(300)"],
+                                 capture_output=True, text=True)
+        assert outside.returncode == 0, outside.stderr
+
+        def events() -> list[str]:
+            status = json.loads(babysit("status", f"--name={bystander}", "--json").stdout)
+            return [e["event"] for e in status["events"]]
+
+        wait_for(lambda: "external_pressure" in events(), 30, "the external-pressure event")
+        assert json.loads(babysit("status", f"--name={bystander}", "--json").stdout)["status"] == "running"
+        subprocess.run(["systemctl", "--user", "stop", f"{task_name}-outside"], check=True)
+
+        babysit("run", f"--name={task_name}", f"--command={hog(300, step_mib=50)}", "--estimated_mem_bytes=120M",
+                "--estimated_cpu_cores=0.1")
+        code, result, _ = wait_result(task_name)
+        assert (code, result["kill_reason"]) == (1, "pressure"), result
+        crossed = line_time(unit_name(task_name), "at 200")  # about where free memory fell below the threshold
+        figure(f"pressure: threshold crossed -> kill {1000 * (epoch(result['finished_at']) - crossed):.0f} ms")
+        assert json.loads(babysit("status", f"--name={bystander}", "--json").stdout)["status"] == "running"
+        babysit("kill", f"--name={bystander}")
+        wait_result(bystander)

@@ -1,0 +1,89 @@
+import pytest
+
+from babysit.outcome import UnitEnd, classify, oom_evidence
+from babysit.policy import Load, Memory, Observation, evaluate, pressure_victims
+from babysit.protocol import KillReason, State
+from babysit.task import Estimates
+
+MiB = 1 << 20
+EST = Estimates(time_s=60, mem_bytes=100 * MiB, cpu_cores=1, kill_timeout_s=120, observability_interval_s=30)
+TOLERANCE = 10
+
+
+def run(samples: list[tuple[float, int, float]], est: Estimates = EST) -> tuple[list, KillReason | None]:
+    """Feed (at, mem MiB, cores) samples; return every risk raised and the first kill."""
+    memory, risks = Memory(), []
+    for at, mem, cores in samples:
+        verdict = evaluate(Observation(at, at, mem * MiB, cores, silent_s=0), est, memory, TOLERANCE)
+        memory, risks = verdict.memory, risks + list(verdict.risks)
+        if verdict.kill:
+            return risks, verdict.kill
+    return risks, None
+
+
+def test_each_dimension_warns_once() -> None:
+    risks, kill = run([(1, 150, 0.5), (2, 160, 0.5), (3, 170, 1.5), (61, 50, 1.5)])
+    assert [(r.dim, r.ratio) for r in risks] == [("mem", 1.5), ("cpu", 1.5), ("elapsed", 1.017)]
+    assert kill is None
+
+
+@pytest.mark.parametrize("samples, kill", [
+    # 2x for just under the window: kept
+    ([(0, 200, 0), (5, 250, 0), (9.9, 210, 0)], None),
+    # 2x for the whole window: stopped
+    ([(0, 200, 0), (5, 250, 0), (10, 210, 0)], KillReason.MEM_2X_SUSTAINED),
+    # just below 2x for long: kept
+    ([(0, 199, 0), (20, 199, 0), (40, 199, 0)], None),
+    # bursts shorter than the window, again and again: kept
+    ([(0, 250, 0), (5, 250, 0), (6, 100, 0), (7, 250, 0), (12, 250, 0), (13, 90, 0)], None),
+    ([(0, 10, 2.0), (4, 10, 2.5), (10, 10, 2.1)], KillReason.CPU_2X_SUSTAINED),
+    # both at once: memory is named first
+    ([(0, 300, 3.0), (10, 300, 3.0)], KillReason.MEM_2X_SUSTAINED),
+])
+def test_two_x_sustained(samples: list, kill: KillReason | None) -> None:
+    assert run(samples)[1] == kill
+
+
+def test_timeout_and_stall() -> None:
+    at_timeout = evaluate(Observation(0, 120, 0, 0, 0), EST, Memory(), TOLERANCE)
+    assert at_timeout.kill == KillReason.TIMEOUT
+    silent = evaluate(Observation(0, 40, 0, 0, silent_s=30), EST, Memory(), TOLERANCE)
+    assert silent.kill == KillReason.OBSERVABILITY_STALL
+    talking = evaluate(Observation(0, 40, 0, 0, silent_s=29.9), EST, Memory(), TOLERANCE)
+    assert talking.kill is None
+
+
+def test_pressure_stops_the_largest_overage_first() -> None:
+    loads = [Load("within", 900 * MiB, 1000 * MiB), Load("small-over", 300 * MiB, 100 * MiB),
+             Load("big-over", 800 * MiB, 200 * MiB)]
+    assert pressure_victims(loads, free_bytes=400 * MiB, threshold_bytes=500 * MiB).victims == ("big-over",)
+    assert pressure_victims(loads, free_bytes=0, threshold_bytes=1000 * MiB).victims == ("big-over", "small-over")
+    # within-estimate tasks only while pressure remains
+    assert pressure_victims(loads, free_bytes=0, threshold_bytes=1500 * MiB).victims == ("big-over", "small-over",
+                                                                                          "within")
+
+
+def test_pressure_from_outside_stops_nothing() -> None:
+    loads = [Load("a", 100 * MiB, 50 * MiB)]
+    verdict = pressure_victims(loads, free_bytes=100 * MiB, threshold_bytes=500 * MiB)
+    assert (verdict.victims, verdict.external, verdict.shortfall_bytes) == ((), True, 400 * MiB)
+    assert pressure_victims(loads, free_bytes=600 * MiB, threshold_bytes=500 * MiB).victims == ()
+
+
+# recorded from this project's cgroup v1 machines and from systemd's v2 reports
+@pytest.mark.parametrize("end, evidence, state, reason", [
+    (UnitEnd("failed", "failed", "signal", 2, 9), True, State.KILLED, KillReason.OOM),  # v1 + notifier
+    (UnitEnd("failed", "failed", "signal", 2, 9), False, State.FAILED, None),  # kill -9 by someone else
+    (UnitEnd("failed", "failed", "oom-kill", 2, 9), False, State.KILLED, KillReason.OOM),  # v2
+    (UnitEnd("failed", "failed", "signal", 2, 15), True, State.FAILED, None),  # SIGTERM is no OOM
+])
+def test_oom_recognition(end: UnitEnd, evidence: bool, state: State, reason: KillReason | None) -> None:
+    outcome = classify(end, None, evidence)
+    assert (outcome.state, outcome.kill_reason) == (state, reason)
+
+
+def test_oom_evidence_from_samples() -> None:
+    assert oom_evidence(oom_kills=1, failcnt=0, peak_bytes=0, memory_max_bytes=300 * MiB)
+    assert oom_evidence(oom_kills=0, failcnt=4, peak_bytes=0, memory_max_bytes=300 * MiB)
+    assert oom_evidence(oom_kills=0, failcnt=0, peak_bytes=299 * MiB, memory_max_bytes=300 * MiB)
+    assert not oom_evidence(oom_kills=0, failcnt=0, peak_bytes=200 * MiB, memory_max_bytes=300 * MiB)
