@@ -27,9 +27,12 @@ def kill_hint(task: Task) -> str:
                 f"re-run with --estimated_cpu_cores={max(1, round(u.cpu_cores + 0.5))}")
     if reason == KillReason.OBSERVABILITY_STALL:
         return (f"no output for {format_duration(e.observability_interval_s)}: print progress (python -u, "
-                f"flush) or re-run with a longer --observability_interval")
+                f"flush=True), or re-run with --observability_interval={format_duration(2 * e.observability_interval_s)}")
     if reason == KillReason.PRESSURE:
-        return "the host ran short of memory or CPU: re-run when it has room (babysit wait_for_capacity)"
+        need = max(u.peak_mem_bytes, e.mem_bytes)
+        return (f"the host ran short of memory while it used {format_size(u.mem_bytes)} (estimate "
+                f"{format_size(e.mem_bytes)}): re-run with --estimated_mem_bytes={size_flag(need * 1.2)} after "
+                f"babysit wait_for_capacity --mem_bytes={size_flag(need * 1.2)} --cpu_cores={e.cpu_cores:g}")
     return ""
 
 

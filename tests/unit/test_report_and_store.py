@@ -57,3 +57,18 @@ def test_records_survive_reopening(tmp_path: Path) -> None:
     (live,) = again.live()
     assert live.spec == s and live.kill_requested == KillReason.USER and live.started_at == 2.0
     assert again.events(live) == [{"event": "runaway_risk", "dim": "mem", "ratio": 1.2, "at": "t3"}]
+
+
+@pytest.mark.parametrize("reason, flag", [
+    (KillReason.OOM, "--estimated_mem_bytes="), (KillReason.MEM_2X_SUSTAINED, "--estimated_mem_bytes="),
+    (KillReason.CPU_2X_SUSTAINED, "--estimated_cpu_cores="), (KillReason.TIMEOUT, "--estimated_time="),
+    (KillReason.OBSERVABILITY_STALL, "--observability_interval=10m"), (KillReason.PRESSURE, "--estimated_mem_bytes="),
+])
+def test_every_kill_hint_names_a_flag_and_value(store: Store, reason: KillReason, flag: str) -> None:
+    s = make_spec()
+    task = store.add(s, derive_caps(s, HOST), at=0.0).with_(
+        state=State.KILLED, started_at=0.0, finished_at=700.0, usage=Usage(mem_bytes=4 * GiB, peak_mem_bytes=5 * GiB,
+                                                                           cpu_cores=3.2),
+        outcome=Outcome(State.KILLED, None, 9, reason))
+    hint = report.result(task, now=700.0)["kill_hint"]
+    assert flag in hint and hint.count(".") <= 3, hint
