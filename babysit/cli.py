@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -29,13 +30,26 @@ def fail(message: str, code: ExitCode) -> typer.Exit:
     return typer.Exit(int(code))
 
 
-def call(work: Callable[[Client], Awaitable[T]]) -> T:
-    """Run one client conversation; errors become one line on stderr and the SPEC's exit code."""
+def call(work: Callable[[Client], Awaitable[T]], first_use: bool = True) -> T:
+    """Run one client conversation; errors become one line on stderr and the SPEC's exit code.
+
+    On first use (no babysitd installed for this user yet) it is installed and started, then the
+    conversation runs again; later, D-Bus activation starts the daemon by itself.
+    """
 
     async def conversation() -> T:
         client = await Client.connect()
         try:
-            return await work(client)
+            try:
+                return await work(client)
+            except DaemonNotRunning:
+                from babysit.install import install_and_start, installed
+
+                if not first_use or installed():
+                    raise
+                typer.echo("babysit: first use: installing and starting babysitd", err=True)
+                await install_and_start(client, quiet=True)
+                return await work(client)
         finally:
             client.close()
 
@@ -106,12 +120,50 @@ def wait(name: str = Name) -> None:
     Exit 0 only when it completed. Example: babysit wait --name=train
     """
 
+    line = StatusLine(name) if sys.stderr.isatty() else None
+
     def on_event(event: dict[str, Any]) -> None:
+        if line:
+            line.clear()
         typer.echo(json.dumps(event), err=True)
 
-    result = terminal_only(call(lambda c: c.wait(name, on_event)))
+    async def wait_with_status(c: Client) -> dict[str, Any]:
+        if line:
+            line.report = await c.status(name)
+            line.show(line.report)
+        return await c.wait(name, on_event, line.show if line else None)
+
+    result = terminal_only(call(wait_with_status))
+    if line:
+        line.clear()
     print_json(result)
     raise typer.Exit(int(ExitCode.OK if result["status"] == State.COMPLETED else ExitCode.NEGATIVE))
+
+
+class StatusLine:
+    """One live line on stderr while `wait` blocks on a terminal; stdout stays the clean JSON."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.report: dict[str, Any] = {}
+
+    def show(self, usage: dict[str, Any]) -> None:
+        r = {**self.report, **usage}
+        if not r:
+            return
+        started = r.get("started_at")
+        elapsed = datetime.now().timestamp() - datetime.fromisoformat(started).timestamp() if started else 0
+        text = (f"{self.name}: {r.get('status', 'running')}  {format_duration(max(elapsed, 0))}/"
+                f"{format_duration(r['estimated_time_s'])}  mem {format_size(r.get('mem_bytes', 0))}/"
+                f"{format_size(r.get('peak_mem_bytes', 0))}/{format_size(r['estimated_mem_bytes'])}  "
+                f"cpu {r.get('cpu_cores', 0):.1f}/{r['estimated_cpu_cores']:g}  "
+                f"silent {r.get('silent_s', 0):.0f}s")
+        sys.stderr.write("\r\033[K" + text)
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
 
 
 @app.command("wait_for_capacity")
@@ -278,14 +330,14 @@ def _relay(journal: subprocess.Popen, cursor: dict[str, str]) -> None:
 
 @app.command()
 def ping() -> None:
-    """`pong <version>` when babysitd runs (never starts it, never hangs)."""
+    """Is babysitd up? `pong <version>`, or exit 1 (never starts it, never hangs). Example: babysit ping"""
 
     async def ping_and_check(c: Client) -> tuple[str, list[str]]:
         (version,) = await c.call("Ping", autostart=False, timeout=5)
         (capacity,) = await c.call("Capacity", autostart=False, timeout=5)
         return version, capacity.get("warnings", [])
 
-    version, warnings = call(ping_and_check)
+    version, warnings = call(ping_and_check, first_use=False)
     typer.echo(f"pong {version}")
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
@@ -293,10 +345,29 @@ def ping() -> None:
 
 @app.command("daemon-start")
 def daemon_start() -> None:
-    """Install the user unit and D-Bus activation file for this installation, and start babysitd."""
+    """Install the user unit, slice and D-Bus activation file for this installation, and start babysitd.
+
+    Idempotent. Example: babysit daemon-start
+    """
     from babysit.install import install_and_start
 
-    call(install_and_start)
+    call(install_and_start, first_use=False)
+
+
+skill_app = typer.Typer(no_args_is_help=True, help="The skill document and hook for coding agents.")
+app.add_typer(skill_app, name="skill")
+
+
+@skill_app.command("install")
+def skill_install(
+    directory: Path = typer.Option(Path.home() / ".claude" / "skills" / "babysit", "--dir",
+                                   help="where to put SKILL.md and the hook"),
+) -> None:
+    """Install SKILL.md and the no-sleep hook. Example: babysit skill install --dir=.claude/skills/babysit"""
+    from babysit.skill import install
+
+    for path in install(directory.expanduser()):
+        typer.echo(f"installed {path}")
 
 
 def main() -> None:

@@ -86,7 +86,8 @@ class Client:
     async def add_match(self, rule: str) -> None:
         await self.call("AddMatch", "s", [rule], destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS)
 
-    async def wait(self, name: str, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    async def wait(self, name: str, on_event: Callable[[dict[str, Any]], None] | None = None,
+                   on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Block until the task's latest run is terminal; return its result.
 
         Driven by the task object's PropertiesChanged. The match rules go in before the snapshot, so
@@ -99,7 +100,10 @@ class Client:
             if message.message_type != MessageType.SIGNAL:
                 return
             if message.path == path and message.member == "PropertiesChanged":
-                queue.put_nowait(("state", unwrap(message.body[1]).get("State")))
+                changed = unwrap(message.body[1])
+                queue.put_nowait(("state", changed.get("State")))
+                if on_progress and "Usage" in changed:
+                    on_progress(changed["Usage"])
             elif message.member == "RunawayRisk" and message.body and message.body[0] == name:
                 queue.put_nowait(("event", unwrap(message.body[1])))
             elif message.member == "NameOwnerChanged" and message.body[0] == BUS_NAME:

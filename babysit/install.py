@@ -8,7 +8,9 @@ from pathlib import Path
 
 import typer
 
+from babysit import config
 from babysit.client import DBUS, Client
+from babysit.host import read_host
 from babysit.protocol import BUS_NAME, DAEMON_UNIT
 
 SYSTEMD = "org.freedesktop.systemd1"
@@ -38,11 +40,21 @@ def targets() -> dict[str, Path]:
     }
 
 
+def placeholders() -> dict[str, str]:
+    """What the shipped templates leave to the installation: the daemon's command, the slice's budget."""
+    host = read_host(config.load())
+    return {"@BABYSITD@": daemon_command(), "@MEMORY_MAX@": str(host.mem_bytes),
+            "@CPU_QUOTA@": f"{host.cores * 100:.0f}"}
+
+
 def install_files() -> list[Path]:
     """Write the files for this installation; returns the ones that changed."""
     changed = []
+    values = placeholders()
     for relative, target in targets().items():
-        text = source_file(relative).read_text().replace("@BABYSITD@", daemon_command())
+        text = source_file(relative).read_text()
+        for placeholder, value in values.items():
+            text = text.replace(placeholder, value)
         if not target.exists() or target.read_text() != text:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
@@ -50,14 +62,20 @@ def install_files() -> list[Path]:
     return changed
 
 
+def installed() -> bool:
+    """Whether this user has babysitd's unit and activation file."""
+    return all(target.exists() for target in targets().values())
+
+
 def lingering() -> bool:
     return Path("/var/lib/systemd/linger", os.environ.get("USER") or str(os.getuid())).exists()
 
 
-async def install_and_start(client: Client) -> None:
+async def install_and_start(client: Client, quiet: bool = False) -> None:
     """Idempotent: files refreshed, systemd and the bus reloaded, the daemon started through activation."""
     for path in install_files():
-        typer.echo(f"installed {path}")
+        if not quiet:
+            typer.echo(f"installed {path}")
     await client.call("Reload", destination=SYSTEMD, path="/org/freedesktop/systemd1",
                       interface=f"{SYSTEMD}.Manager", timeout=60)
     await client.call("ReloadConfig", destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS)
@@ -65,8 +83,10 @@ async def install_and_start(client: Client) -> None:
                       path="/org/freedesktop/DBus", interface=DBUS, timeout=60)
     (version,) = await client.call("Ping", autostart=False)
     (capacity,) = await client.call("Capacity")
-    typer.echo(f"babysitd {version} running ({DAEMON_UNIT}); its log: journalctl --user -u {DAEMON_UNIT}")
+    say = (lambda text: typer.echo(text, err=True)) if quiet else typer.echo
+    if not quiet:
+        say(f"babysitd {version} running ({DAEMON_UNIT}); its log: journalctl --user -u {DAEMON_UNIT}")
     for warning in capacity.get("warnings", []):
         typer.echo(f"warning: {warning}", err=True)
     if not lingering():
-        typer.echo("note: tasks end when you log out; to keep them running: loginctl enable-linger $USER")
+        say("note: tasks end when you log out; to keep them running: loginctl enable-linger $USER")

@@ -131,7 +131,7 @@ class TaskInterface(ServiceInterface):
             "Name": task.name,
             "State": str(task.state),
             "Usage": to_dict({"mem_bytes": u.mem_bytes, "peak_mem_bytes": u.peak_mem_bytes,
-                              "cpu_seconds": u.cpu_seconds, "cpu_cores": u.cpu_cores}),
+                              "cpu_seconds": u.cpu_seconds, "cpu_cores": u.cpu_cores, "silent_s": u.silent_s}),
             "Result": to_dict(report.result(task, time.time())) if task.state.terminal else {},
         }
 
