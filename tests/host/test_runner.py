@@ -20,9 +20,10 @@ pytestmark = pytest.mark.host
 RUNNER = [sys.executable, str(Path(__file__).resolve().parents[1] / "session" / "run.py")]
 
 
-def runner_leftovers() -> list[str]:
-    """Runner cgroups still on the host, and processes still in one."""
-    left = [str(p) for h in cgroups.current_hierarchies() for p in h.dir.glob(f"{CHILD_PREFIX}*")]
+def runner_leftovers(runner_pid: int) -> list[str]:
+    """This runner's cgroups still on the host, and processes still in any runner cgroup."""
+    left = [str(h.dir / f"{CHILD_PREFIX}{runner_pid}") for h in cgroups.current_hierarchies()
+            if (h.dir / f"{CHILD_PREFIX}{runner_pid}").exists()]
     for proc in Path("/proc").glob("[0-9]*/cgroup"):
         try:
             if CHILD_PREFIX in proc.read_text():
@@ -30,6 +31,13 @@ def runner_leftovers() -> list[str]:
         except OSError:
             pass  # the process ended while we looked
     return left
+
+
+def run(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run the runner to its end; the result and the runner's PID, which names its cgroups."""
+    with subprocess.Popen([*RUNNER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as runner:
+        out, err = runner.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(runner.args, runner.returncode, out, err), runner.pid
 
 
 @pytest.fixture
@@ -42,12 +50,11 @@ def pid1_cgroups() -> Iterator[str]:
 
 def test_two_runs_in_a_row_leave_nothing(pid1_cgroups: str) -> None:
     for _ in range(2):
-        done = subprocess.run([*RUNNER, "--", "systemctl", "--user", "is-system-running"],
-                              capture_output=True, text=True, timeout=120)
+        done, pid = run("--", "systemctl", "--user", "is-system-running")
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "running"
         assert "host clean" in done.stderr
-        assert runner_leftovers() == []
+        assert runner_leftovers(pid) == []
 
 
 def test_ctrl_c_ends_the_session_and_cleans_up(pid1_cgroups: str) -> None:
@@ -61,13 +68,13 @@ def test_ctrl_c_ends_the_session_and_cleans_up(pid1_cgroups: str) -> None:
         os.killpg(runner.pid, signal.SIGINT)
         assert runner.wait(timeout=60) != 0
         assert "host clean" in runner.stderr.read()
-    assert runner_leftovers() == []
+    assert runner_leftovers(runner.pid) == []
 
 
 def test_timeout_ends_the_session(pid1_cgroups: str) -> None:
-    done = subprocess.run([*RUNNER, "--timeout", "3", "--", "sleep", "600"], capture_output=True, text=True, timeout=60)
+    done, pid = run("--timeout", "3", "--", "sleep", "600", timeout=60)
     assert done.returncode == 124
-    assert runner_leftovers() == []
+    assert runner_leftovers(pid) == []
 
 
 def test_inner_part_refuses_outside_its_namespaces() -> None:
@@ -78,6 +85,23 @@ def test_inner_part_refuses_outside_its_namespaces() -> None:
 
 
 def test_failure_status_is_passed_through(pid1_cgroups: str) -> None:
-    done = subprocess.run([*RUNNER, "--", "sh", "-c", "exit 7"], capture_output=True, text=True, timeout=120)
+    done, pid = run("--", "sh", "-c", "exit 7")
     assert done.returncode == 7
-    assert runner_leftovers() == []
+    assert runner_leftovers(pid) == []
+
+
+def test_cgroups_of_a_runner_that_died_are_removed(pid1_cgroups: str) -> None:
+    dead = ended_pid()
+    stale = [cgroups.make_child(h.dir, f"{CHILD_PREFIX}{dead}", h.is_cpuset) for h in cgroups.current_hierarchies()]
+    (stale[0] / "user.slice").mkdir()
+    done, pid = run("--", "true")
+    assert done.returncode == 0, done.stderr
+    assert [p for p in stale if p.exists()] == []
+    assert runner_leftovers(pid) == []
+
+
+def ended_pid() -> int:
+    """The PID of a process that has ended (as a runner killed by a power loss)."""
+    with subprocess.Popen(["true"]) as ended:
+        ended.wait()
+    return ended.pid

@@ -125,6 +125,18 @@ def check_readable(user: pwd.struct_passwd, cwd: str, command: list[str]) -> Non
         )
 
 
+def remove_stale_children() -> None:
+    """Remove empty cgroups of runners that died without cleaning up (power loss, SIGKILL)."""
+    for h in cgroups.current_hierarchies():
+        for child in h.dir.glob(f"{CHILD_PREFIX}*"):
+            owner = child.name.removeprefix(CHILD_PREFIX)
+            # A live owner may still be using it; a non-empty one is not ours to judge.
+            if not owner.isdigit() or Path(f"/proc/{owner}").exists() or procs_left(child):
+                continue
+            if not cgroups.remove_tree(child):
+                log(f"removed {child} left by an ended runner")
+
+
 def make_children(name: str) -> list[tuple[cgroups.Hierarchy, Path]]:
     """One fresh child cgroup in every hierarchy, under this process's own cgroup."""
     made = []
@@ -167,6 +179,7 @@ def run_private(command: list[str], user_name: str, uid: int, timeout: float | N
     cwd = os.getcwd()
     check_readable(user, cwd, command)
     pid1_before = Path("/proc/1/cgroup").read_text()
+    remove_stale_children()
     name = f"{CHILD_PREFIX}{os.getpid()}"
     children = make_children(name)
     try:
