@@ -34,7 +34,7 @@ from babysit.systemd import SERVICE, UNIT, Systemd, UnitChange, unit_path
 from babysit.task import (
     RUNTIME_BACKSTOP_MARGIN_S, Host, Outcome, Task, Usage, derive_caps, spec_from_wire, spec_to_wire,
 )
-from babysit.unit import cap_properties, start_properties
+from babysit.unit import cap_properties, description, start_properties
 
 log = logging.getLogger("babysitd")
 ACTIVE_STATES = ("activating", "active", "deactivating", "reloading")
@@ -75,7 +75,8 @@ class Daemon:
         self.manager_cgroup = manager_cgroup
         self.warnings = warnings  # preconditions that do not hold, named with their fix
         self.publisher: Publisher | None = None
-        self.tasks: dict[str, Task] = {t.name: t for t in db.live()}  # queued and running, by name
+        # by name: queued and running tasks, and finished ones until their unit is released
+        self.tasks: dict[str, Task] = {t.name: t for t in db.live()}
         self.watches: dict[str, Watch] = {}  # unit object path -> watch
         self._finishing: set[int] = set()
         self._admission = asyncio.Lock()  # one decision at a time, so two tasks never take the same room
@@ -85,6 +86,10 @@ class Daemon:
 
     async def start(self) -> None:
         """Subscribe first, then take the snapshot, so no unit change falls in between (see bleak)."""
+        for task in list(self.tasks.values()):
+            if task.state == State.QUEUED and await self.systemd.get_unit(unit_name(task.name)):
+                await self.recover_spawn(task)
+            self.publish(self.tasks[task.name])  # its object exists before a waiter looks, so changes signal
         for task in self.tasks.values():
             if task.state == State.RUNNING:
                 self.watches[unit_path(unit_name(task.name))] = Watch(task.id)
@@ -94,6 +99,17 @@ class Daemon:
                 await self.adopt(task)
         await self.release_orphans()
         await self.drain()  # queued tasks survive restarts, and start once they fit
+
+    async def recover_spawn(self, task: Task) -> None:
+        """A queued task whose name has a unit: the last daemon died around its start, or before a release."""
+        unit = unit_name(task.name)
+        props = await self.systemd.properties(unit, UNIT)
+        if props.get("Description") != description(task):
+            await self.release(unit, props.get("ActiveState", ""))  # an older run's, whose result is stored
+            return
+        started = props.get("ActiveEnterTimestamp", 0) / 1e6 or time.time()
+        self.save(task.with_(state=State.RUNNING, started_at=started))
+        log.info("recovered %s: its unit was started just before the last daemon stopped", task.name)
 
     async def adopt(self, task: Task) -> None:
         """Take up a task that was running when the previous daemon stopped."""
@@ -297,13 +313,16 @@ class Daemon:
         evidence = (bool(watch.oom and watch.oom.fired)
                     or oom_evidence(watch.oom_kills, watch.failcnt, task.usage.peak_mem_bytes, task.caps.memory_max_bytes))
         outcome = classify(UnitEnd.from_properties(props), task.kill_requested, evidence)
-        await self.record_end(self.by_id(task.id), outcome)
-        await self.release(unit, props.get("ActiveState", ""))
+        await self.record_end(self.by_id(task.id) or task, outcome, props.get("ActiveState", ""))
         self._finishing.discard(task.id)
 
-    async def record_end(self, task: Task, outcome: Outcome) -> None:
+    async def record_end(self, task: Task, outcome: Outcome, unit_state: str | None = None) -> None:
+        """Store the result, release the unit if there is one, and only then free the name and its room."""
         task = self.save(task.with_(state=outcome.state, outcome=outcome, finished_at=time.time()), outcome.detail)
-        del self.tasks[task.name]
+        if unit_state is not None:
+            # the name stays taken meanwhile: a new run of it must not meet the old unit
+            await self.release(unit_name(task.name), unit_state)
+        self.tasks.pop(task.name, None)
         if self.publisher:
             self.publisher.task_finished(task)
         asyncio.get_running_loop().create_task(self.drain())  # its room is free now
@@ -420,8 +439,7 @@ class Daemon:
 
     def save(self, task: Task, detail: str = "") -> Task:
         self.store.save(task, time.time(), detail)
-        if not task.state.terminal:
-            self.tasks[task.name] = task
+        self.tasks[task.name] = task  # a finished one stays until record_end has released its unit
         self.publish(task)
         return task
 

@@ -10,11 +10,16 @@ from babysit.task import Caps, Task
 USEC = 1_000_000
 
 
+def description(task: Task) -> str:
+    """The unit's Description; the run's id in it tells this run's unit from an older run's."""
+    return f"babysit task {task.spec.name} (#{task.id})"
+
+
 def start_properties(task: Task, stop_grace_s: float) -> dict[str, Any]:
     """Everything StartTransientUnit sets for a task (SPEC 'Caps applied to each unit')."""
     spec = task.spec
     return {
-        "Description": f"babysit task {spec.name}",
+        "Description": description(task),
         "ExecStart": [("/bin/bash", ["/bin/bash", "-c", spec.command], False)],
         "WorkingDirectory": spec.cwd,
         "Environment": [f"{k}={v}" for k, v in spec.env.items()],
