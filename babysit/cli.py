@@ -109,7 +109,7 @@ def run(
         "cpu_pct_limit": cpu_pct_limit, "estimated_mem_bytes": estimated_mem_bytes,
         "estimated_cpu_cores": estimated_cpu_cores,
     })
-    queued = call(lambda c: c.call("Run", "a{sv}b", [spec, force]))[0]
+    queued = call(lambda c: c.submit(spec, force))
     typer.echo(f"queued: {queued}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,10 @@ CALL_TIMEOUT_S = 30.0
 
 class DaemonNotRunning(Exception):
     """No babysitd answers on the session bus."""
+
+
+class AnswerLost(DaemonNotRunning):
+    """babysitd went away while handling the call: it may or may not have been carried out."""
 
 
 def variant_dict(values: dict[str, Any]) -> dict[str, Variant]:
@@ -74,10 +79,26 @@ class Client:
             name, text = reply.error_name or "", (reply.body or [""])[0]
             if name in ERRORS:
                 raise ERRORS[name](text)
+            if name == f"{DBUS}.Error.NoReply":
+                raise AnswerLost(text)
             if name in NOT_RUNNING:
                 raise DaemonNotRunning(text)
             raise BabysitError(f"{name}: {text}")
         return unwrap(reply.body)
+
+    async def submit(self, spec: dict[str, Variant], force: bool, retry_for: float = CALL_TIMEOUT_S) -> str:
+        """Run a task exactly once: a call whose answer was lost (babysitd died) is repeated with the same
+        request id, which the daemon recognises, until `retry_for` seconds have passed."""
+        spec = {"request_id": Variant("s", uuid.uuid4().hex), **spec}
+        deadline = time.monotonic() + retry_for
+        while True:
+            try:
+                (name,) = await self.call("Run", "a{sv}b", [spec, force])
+                return name
+            except AnswerLost:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)  # systemd or D-Bus activation is bringing babysitd back
 
     async def status(self, name: str) -> dict[str, Any]:
         (status,) = await self.call("Status", "s", [name])

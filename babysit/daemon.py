@@ -150,6 +150,10 @@ class Daemon:
         if self.warnings:
             raise CapsUnavailable("; ".join(self.warnings))
         async with self._admission:
+            earlier = self.store.by_request(spec.request_id) if spec.request_id else None
+            if earlier:
+                log.info("Run of %s retried by its client: request %s was already taken", spec.name, spec.request_id)
+                return earlier.name
             decision = self.decide(spec.estimates.mem_bytes, spec.estimates.cpu_cores)
             if not decision.admit and not force:
                 if spec.name in self.tasks:  # a live name is the first thing to fix

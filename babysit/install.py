@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from babysit import config
-from babysit.client import DBUS, Client
+from babysit.client import DBUS, Client, DaemonNotRunning
 from babysit.host import read_host
 from babysit.protocol import BUS_NAME, DAEMON_UNIT
 
@@ -79,6 +79,11 @@ async def install_and_start(client: Client, quiet: bool = False) -> None:
     await client.call("Reload", destination=SYSTEMD, path="/org/freedesktop/systemd1",
                       interface=f"{SYSTEMD}.Manager", timeout=60)
     await client.call("ReloadConfig", destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS)
+    try:  # a daemon that hit systemd's restart limit stays down until its failure is reset
+        await client.call("ResetFailedUnit", "s", [DAEMON_UNIT], destination=SYSTEMD,
+                          path="/org/freedesktop/systemd1", interface=f"{SYSTEMD}.Manager")
+    except DaemonNotRunning:
+        pass  # not loaded: nothing to reset
     await client.call("StartServiceByName", "su", [BUS_NAME, 0], destination=DBUS,
                       path="/org/freedesktop/DBus", interface=DBUS, timeout=60)
     (version,) = await client.call("Ping", autostart=False)

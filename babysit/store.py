@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 -- a name is unique among runs that are not over; finished runs of it stay as history
 CREATE UNIQUE INDEX IF NOT EXISTS live_name ON tasks(name) WHERE state IN {LIVE};
+-- a retried Run finds the run its first attempt created
+CREATE INDEX IF NOT EXISTS request ON tasks(json_extract(spec, '$.request_id'));
 CREATE TABLE IF NOT EXISTS transitions (
     task_id INTEGER NOT NULL REFERENCES tasks(id),
     at REAL NOT NULL,
@@ -129,6 +131,12 @@ class Store:
     def latest(self, name: str) -> Task | None:
         """The newest run of a name."""
         row = self.db.execute("SELECT * FROM tasks WHERE name = ? ORDER BY id DESC LIMIT 1", (name,)).fetchone()
+        return _task(row) if row else None
+
+    def by_request(self, request_id: str) -> Task | None:
+        """The run a client's submission created, if it did."""
+        row = self.db.execute("SELECT * FROM tasks WHERE json_extract(spec, '$.request_id') = ?",
+                              (request_id,)).fetchone()
         return _task(row) if row else None
 
     def live(self) -> list[Task]:

@@ -62,6 +62,7 @@ class TaskSpec:
     estimates: Estimates
     mem_pct_limit: float
     cpu_pct_limit: float
+    request_id: str = ""  # the client's id for this submission, so a retried Run is not a second task
 
 
 def validate_name(name: object) -> str:
@@ -121,7 +122,8 @@ def clean_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 SPEC_FIELDS = {"name", "command", "cwd", "env", "estimated_time", "kill_timeout", "observability_interval",
-               "mem_pct_limit", "cpu_pct_limit", "estimated_mem_bytes", "estimated_cpu_cores"}
+               "mem_pct_limit", "cpu_pct_limit", "estimated_mem_bytes", "estimated_cpu_cores", "request_id"}
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def spec_from_wire(wire: Mapping[str, Any], host: Host) -> TaskSpec:
@@ -149,7 +151,10 @@ def spec_from_wire(wire: Mapping[str, Any], host: Host) -> TaskSpec:
         kill_timeout_s=_duration(wire, "kill_timeout", 2 * time_s),
         observability_interval_s=_duration(wire, "observability_interval", DEFAULT_OBSERVABILITY_S),
     )
-    return TaskSpec(name, command, cwd, clean_env(env), estimates, mem_pct, cpu_pct)
+    request_id = _get(wire, "request_id", (str,), "")
+    if request_id and not REQUEST_ID.fullmatch(request_id):
+        raise InvalidArgument("request_id must be 1 to 64 letters, digits, '-' or '_'")
+    return TaskSpec(name, command, cwd, clean_env(env), estimates, mem_pct, cpu_pct, request_id)
 
 
 def spec_to_wire(spec: TaskSpec) -> dict[str, Any]:
@@ -159,7 +164,7 @@ def spec_to_wire(spec: TaskSpec) -> dict[str, Any]:
         "estimated_time": e.time_s, "kill_timeout": e.kill_timeout_s,
         "observability_interval": e.observability_interval_s, "mem_pct_limit": spec.mem_pct_limit,
         "cpu_pct_limit": spec.cpu_pct_limit, "estimated_mem_bytes": e.mem_bytes,
-        "estimated_cpu_cores": e.cpu_cores,
+        "estimated_cpu_cores": e.cpu_cores, "request_id": spec.request_id,
     }
 
 

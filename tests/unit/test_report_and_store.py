@@ -72,3 +72,10 @@ def test_every_kill_hint_names_a_flag_and_value(store: Store, reason: KillReason
         outcome=Outcome(State.KILLED, None, 9, reason))
     hint = report.result(task, now=700.0)["kill_hint"]
     assert flag in hint and hint.count(".") <= 3, hint
+
+
+def test_a_submission_is_found_by_its_request_id(store: Store) -> None:
+    s = make_spec(request_id="3f2a-retry_1")
+    task = store.add(s, derive_caps(s, HOST), at=1.0)
+    assert store.by_request("3f2a-retry_1") == task
+    assert store.by_request("another") is None

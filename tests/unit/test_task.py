@@ -54,6 +54,9 @@ def test_estimates_above_their_cap_are_refused(fields: dict, message: str) -> No
     {"name": "job", "command": "true", "estimated_time": True},
     {"name": 5, "command": "true"},
     {"name": "a" * 65, "command": "true"},
+    {"name": "job", "command": "true", "request_id": "../x"},
+    {"name": "job", "command": "true", "request_id": "r" * 65},
+    {"name": "job", "command": "true", "request_id": 7},
 ])
 def test_bad_specs(wire: dict) -> None:
     with pytest.raises(InvalidArgument):
