@@ -199,7 +199,7 @@ def status(name: str = Name, as_json: bool = typer.Option(False, "--json", help=
         report["events"] = (await c.call("Events", "s", [name]))[0]
         warnings = (await c.call("Capacity"))[0].get("warnings")
         if warnings:
-            report["warnings"] = warnings  # caps cannot be applied on this machine
+            report["warnings"] = warnings  # what does not hold on this machine, each with its fix
         return report
 
     report = call(fetch)
@@ -295,7 +295,8 @@ def log(
 ) -> None:
     """The task's output, from journald. Example: babysit log --name=train --tail=50 --follow"""
     report = call(lambda c: c.status(name))
-    argv = ["journalctl", "--user", f"_SYSTEMD_USER_UNIT={unit_name(name)}", "-o", "cat", "--no-pager"]
+    base = ["journalctl", "--user", f"_SYSTEMD_USER_UNIT={unit_name(name)}", "-o", "cat", "--no-pager"]
+    argv = list(base)
     if report.get("started_at"):
         argv.append(f"--since=@{int(datetime.fromisoformat(report['started_at']).timestamp())}")
     if not follow or State(report["status"]).terminal:
@@ -311,14 +312,16 @@ def log(
 
         call(relay_until_terminal)
     # the lines journald stored after the follower stopped
-    after = ["--after-cursor", cursor["last"]] if cursor["last"] else ["-n", str(tail)]
-    subprocess.run([*argv, *after])
+    catch_up = [*base, "--after-cursor", cursor["last"]] if cursor["last"] else [*argv, "-n", str(tail)]
+    subprocess.run(catch_up)
 
 
 def _relay(journal: subprocess.Popen, cursor: dict[str, str]) -> None:
     """Print the messages of journalctl's JSON lines, keeping the cursor of the last one."""
     assert journal.stdout is not None
     for line in journal.stdout:
+        if not line.endswith("\n"):
+            break  # cut off when the follower was stopped: the catch-up after the cursor prints it
         entry = json.loads(line)
         cursor["last"] = entry["__CURSOR"]
         message = entry.get("MESSAGE") or ""

@@ -66,14 +66,15 @@ class Watch:
 
 class Daemon:
     def __init__(self, systemd: Systemd, db: store.Store, host: Host, layout: Layout, settings: config.Config,
-                 manager_cgroup: str, warnings: list[str]) -> None:
+                 manager_cgroup: str, caps_missing: list[str], advice: list[str]) -> None:
         self.systemd = systemd
         self.store = db
         self.host = host
         self.layout = layout
         self.config = settings
         self.manager_cgroup = manager_cgroup
-        self.warnings = warnings  # preconditions that do not hold, named with their fix
+        self.caps_missing = caps_missing  # why caps cannot be applied, with the fix: `run` refuses then
+        self.warnings = caps_missing + advice  # everything to tell the user, each with its fix
         self.publisher: Publisher | None = None
         # by name: queued and running tasks, and finished ones until their unit is released
         self.tasks: dict[str, Task] = {t.name: t for t in db.live()}
@@ -147,8 +148,8 @@ class Daemon:
         """Validate and admit a task: start it if it fits now, queue it with force, refuse it otherwise."""
         spec = spec_from_wire(wire, self.host)
         caps = derive_caps(spec, self.host)
-        if self.warnings:
-            raise CapsUnavailable("; ".join(self.warnings))
+        if self.caps_missing:
+            raise CapsUnavailable("; ".join(self.caps_missing))
         async with self._admission:
             earlier = self.store.by_request(spec.request_id) if spec.request_id else None
             if earlier:
@@ -474,11 +475,12 @@ async def serve() -> None:
     systemd = Systemd(bus)
     settings = config.load()
     layout = Layout.of_this_machine()
-    manager_cgroup, warnings = await check_preconditions(systemd, layout)
-    for warning in warnings:
+    manager_cgroup, caps_missing = await check_preconditions(systemd, layout)
+    advice = [w for w in [journal.rate_limit_warning(journal.journald_config_texts())] if w]
+    for warning in caps_missing + advice:
         log.warning("%s", warning)
     daemon = Daemon(systemd, store.Store(store.default_path()), read_host(settings), layout, settings,
-                    manager_cgroup, warnings)
+                    manager_cgroup, caps_missing, advice)
     service = BusService(bus, daemon)
     daemon.publisher = service
     await daemon.start()

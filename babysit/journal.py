@@ -5,12 +5,59 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 from babysit.protocol import DAEMON_UNIT, UNIT_PREFIX
 
 log = logging.getLogger("babysitd")
 ARGV = ["journalctl", "--user", "--follow", "--lines=0", "--output=json", "--output-fields=_SYSTEMD_USER_UNIT"]
+
+
+# journald.conf and its drop-ins; a drop-in in a later directory replaces one of the same name
+JOURNALD_CONF = Path("/etc/systemd/journald.conf")
+ZERO = re.compile(r"0+(\.0+)?\s*[a-z]*")
+JOURNALD_DROP_IN_DIRS = (Path("/usr/lib/systemd/journald.conf.d"), Path("/run/systemd/journald.conf.d"),
+                         Path("/etc/systemd/journald.conf.d"))
+
+
+def rate_limit(texts: list[str]) -> tuple[str, str]:
+    """journald's effective RateLimitIntervalSec and RateLimitBurst from its config files, in order."""
+    values = {"RateLimitIntervalSec": "30s", "RateLimitBurst": "10000"}  # journald's defaults
+    for text in texts:
+        section = ""
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("["):
+                section = line
+            elif section == "[Journal]" and "=" in line and not line.startswith(("#", ";")):
+                key, value = (part.strip() for part in line.split("=", 1))
+                if key in values:
+                    values[key] = value or values[key]
+    return values["RateLimitIntervalSec"], values["RateLimitBurst"]
+
+
+def rate_limit_warning(texts: list[str]) -> str | None:
+    """What to tell the user when journald may drop lines of a chatty task."""
+    interval, burst = rate_limit(texts)
+    if ZERO.fullmatch(interval) or ZERO.fullmatch(burst):  # either at 0 turns rate limiting off
+        return None
+    # systemd applies LogRateLimitIntervalSec= of system units only; for user units journald's own limit holds
+    return (f"journald keeps at most about {burst} lines per {interval} of each task (its RateLimitBurst and "
+            "RateLimitIntervalSec; per-unit limits do not apply to user units), so a chattier task loses lines; "
+            "fix (as root): RateLimitIntervalSec=0 under [Journal] in /etc/systemd/journald.conf.d/babysit.conf, "
+            "then systemctl restart systemd-journald")
+
+
+def journald_config_texts() -> list[str]:
+    """journald.conf, then its drop-ins in the order journald reads them."""
+    drop_ins: dict[str, Path] = {}
+    for directory in JOURNALD_DROP_IN_DIRS:
+        if directory.is_dir():
+            drop_ins.update({p.name: p for p in directory.glob("*.conf")})
+    files = [JOURNALD_CONF] + [drop_ins[name] for name in sorted(drop_ins)]
+    return [f.read_text(errors="replace") for f in files if f.is_file()]
 
 
 def task_unit_of(line: str) -> str | None:

@@ -43,8 +43,6 @@ PROPERTY_SIGNATURES: dict[str, str] = {
     "StandardError": "s",
     "SyslogIdentifier": "s",
     "RemainAfterExit": "b",
-    "LogRateLimitIntervalUSec": "t",
-    "LogRateLimitBurst": "u",
 }
 
 

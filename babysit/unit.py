@@ -35,7 +35,7 @@ def start_properties(task: Task, stop_grace_s: float) -> dict[str, Any]:
         "StandardOutput": "journal",
         "StandardError": "journal",
         "SyslogIdentifier": spec.name,
-        "LogRateLimitIntervalUSec": 0,  # no rate limit: every line of a chatty task is kept
+        # no LogRateLimit*: journald honours them for system units only (babysitd warns about its own limit)
         **cap_properties(task.caps),
         "RuntimeMaxUSec": int(task.caps.runtime_max_s * USEC),
     }

@@ -344,6 +344,10 @@ def run_inner(config: dict) -> int:
     enable_v2_controllers(roots, user_service)
     manager_cgroup = delegate(roots, user_service, owner=user)
 
+    # as babysit's README asks of a host: journald keeps every line of a chatty task (systemd honours
+    # per-unit LogRateLimit* for system units only)
+    Path("/run/systemd/journald.conf.d").mkdir()
+    Path("/run/systemd/journald.conf.d/babysit.conf").write_text("[Journal]\nRateLimitIntervalSec=0\n")
     start_in(journald_cgroup, [JOURNALD])
     wait_until(Path("/run/systemd/journal/socket").exists, 10, "journald")
     subprocess.run(["journalctl", "--flush"], check=True)  # persistent storage splits user-U.journal
