@@ -31,15 +31,18 @@ from pathlib import Path
 
 if __package__:
     from . import cgroups
+    from .journald import Journald, serve_control
 else:  # run as a plain script, before any virtualenv exists
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import cgroups
+    from journald import Journald, serve_control
 
 TEST_USER = "babysit-test"
 TEST_UID = 1500
 SYSTEMD = "/usr/lib/systemd/systemd"
 JOURNALD = "/lib/systemd/systemd-journald"
 CHILD_PREFIX = "babysit-session-"
+CONTROL_SOCKET = "/run/systemd/babysit-session-control"
 EXIT_USAGE = 2
 EXIT_HOST_DIRTY = 3
 
@@ -348,14 +351,16 @@ def run_inner(config: dict) -> int:
     # per-unit LogRateLimit* for system units only)
     Path("/run/systemd/journald.conf.d").mkdir()
     Path("/run/systemd/journald.conf.d/babysit.conf").write_text("[Journal]\nRateLimitIntervalSec=0\n")
-    start_in(journald_cgroup, [JOURNALD])
-    wait_until(Path("/run/systemd/journal/socket").exists, 10, "journald")
+    journald = Journald(JOURNALD, lambda argv, **kwargs: start_in(journald_cgroup, argv, **kwargs))
+    journald.start()
     subprocess.run(["journalctl", "--flush"], check=True)  # persistent storage splits user-U.journal
 
     runtime = f"/run/user/{user.pw_uid}"
     Path(runtime).mkdir(mode=0o700)
     os.chown(runtime, user.pw_uid, user.pw_gid)
     env = user_env(user, runtime)
+    env["BABYSIT_SESSION_CONTROL"] = CONTROL_SOCKET  # lets tests restart journald, as an administrator would
+    serve_control(CONTROL_SOCKET, user.pw_uid, user.pw_gid, journald)
     manager = start_in(manager_cgroup, as_user(user, [SYSTEMD, "--user"]), env=env, cwd="/")
     wait_until(Path(runtime, "bus").exists, 20, "the session bus socket")
     systemd_on_bus = as_user(user, ["busctl", "--user", "status", "org.freedesktop.systemd1"])

@@ -1,0 +1,294 @@
+"""Benchmarks: each babysit figure next to its floor (systemd itself, or plain Python) in the same run.
+
+Inside a user session (these machines: through the private session runner):
+
+    python3 tests/session/run.py -- .venv/bin/python -m tests.bench [--quick]
+
+Prints one table; nothing is asserted. `--quick` shortens the daemon-cost and throughput runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dbus_fast import Variant
+
+from babysit.client import Client
+from babysit.protocol import DAEMON_UNIT, State, unit_name
+from babysit.systemd import Systemd
+from tests.integration.conftest import BIN, UnitSignals, ended, systemctl_show
+
+BABYSIT = str(BIN / "babysit")
+TINY = {"estimated_cpu_cores": "0.01", "estimated_mem_bytes": "8M", "estimated_time": "10m"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Row:
+    figure: str
+    babysit: float
+    floor: float | None
+    floor_name: str
+    unit: str = "ms"
+
+    def cells(self) -> list[str]:
+        ratio = f"{self.babysit / self.floor:.1f}x" if self.floor else ""
+        floor = "" if self.floor is None else f"{self.floor:.{self.digits}f} {self.unit}"
+        return [self.figure, f"{self.babysit:.{self.digits}f} {self.unit}", floor, ratio, self.floor_name]
+
+    @property
+    def digits(self) -> int:
+        return 0 if self.unit == "ms" and self.babysit >= 10 else 2 if self.unit != "MiB" else 1
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+def median_ms(samples: list[float]) -> float:
+    return ms(statistics.median(samples))
+
+
+async def spawn(*argv: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.DEVNULL)
+
+
+def spec(name: str, command: str) -> dict[str, Variant]:
+    return {k: Variant("s", v) for k, v in {"name": name, "command": command, "cwd": "/", **TINY}.items()}
+
+
+def active(props: dict) -> bool:
+    return props.get("ActiveState") == "active"
+
+
+def over(props: dict) -> bool:
+    return ended(props) or props.get("SubState") == "exited"
+
+
+# --- 1. submit -> unit active ------------------------------------------------------------------
+
+
+async def submit_to_active(signals: UnitSignals, client: Client, systemd: Systemd, n: int) -> list[Row]:
+    cli, dbus, run_floor, api_floor = [], [], [], []
+    for _ in range(n):
+        name = f"b-{uuid.uuid4().hex[:8]}"
+        start = time.monotonic()
+        await (await spawn(BABYSIT, "run", f"--name={name}", "--command=sleep 1", *flags())).wait()
+        await signals.until(unit_name(name), active, 30)
+        cli.append(time.monotonic() - start)
+
+        name = f"b-{uuid.uuid4().hex[:8]}"
+        start = time.monotonic()
+        await client.call("Run", "a{sv}b", [spec(name, "sleep 1"), False])
+        await signals.until(unit_name(name), active, 30)
+        dbus.append(time.monotonic() - start)
+
+        unit = f"floor-{uuid.uuid4().hex[:8]}.service"
+        start = time.monotonic()
+        await (await spawn("systemd-run", "--user", "--quiet", f"--unit={unit}", "sleep", "1")).wait()
+        await signals.until(unit, active, 30)
+        run_floor.append(time.monotonic() - start)
+
+        unit = f"floor-{uuid.uuid4().hex[:8]}.service"
+        start = time.monotonic()
+        await systemd.start_transient_unit(unit, {"ExecStart": [("/bin/sleep", ["/bin/sleep", "1"], False)]})
+        await signals.until(unit, active, 30)
+        api_floor.append(time.monotonic() - start)
+    return [
+        Row("submit -> unit active, CLI (`babysit run`)", median_ms(cli), median_ms(run_floor), "`systemd-run --user`"),
+        Row("submit -> unit active, D-Bus `Run` (daemon side)", median_ms(dbus), median_ms(api_floor),
+            "`StartTransientUnit` call"),
+    ]
+
+
+def flags() -> list[str]:
+    return [f"--{k}={v}" for k, v in TINY.items()]
+
+
+# --- 2. unit exit -> waiter returns ---------------------------------------------------------------
+
+
+async def exit_to_return(signals: UnitSignals, n: int) -> list[Row]:
+    babysit_delays, floor_delays = [], []
+    for _ in range(n):
+        name = f"b-{uuid.uuid4().hex[:8]}"
+        await (await spawn(BABYSIT, "run", f"--name={name}", "--command=sleep 1.5", *flags())).wait()
+        waiter = await spawn(BABYSIT, "wait", f"--name={name}")
+        await signals.until(unit_name(name), over, 30)
+        exited = time.monotonic()
+        await waiter.wait()
+        babysit_delays.append(time.monotonic() - exited)
+
+        unit = f"floor-{uuid.uuid4().hex[:8]}.service"
+        waiter = await spawn("systemd-run", "--user", "--quiet", "--wait", f"--unit={unit}", "sleep", "1.5")
+        await signals.until(unit, over, 30)
+        exited = time.monotonic()
+        await waiter.wait()
+        floor_delays.append(time.monotonic() - exited)
+    return [Row("unit exit -> waiter returns (`babysit wait`)", median_ms(babysit_delays), median_ms(floor_delays),
+                "`systemd-run --user --wait`")]
+
+
+# --- 3. CLI cold start ------------------------------------------------------------------------------
+
+
+def wall(argv: list[str], n: int) -> float:
+    samples = []
+    for _ in range(n):
+        start = time.monotonic()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        samples.append(time.monotonic() - start)
+    return median_ms(samples)
+
+
+def cold_start(n: int) -> tuple[list[Row], str]:
+    python = sys.executable
+    bare = wall([python, "-c", "pass"], n)
+    deps = wall([python, "-c", "import typer, rich, dbus_fast"], n)
+    rows = [
+        Row("CLI cold start: `babysit ping`", wall([BABYSIT, "ping"], n), bare, "`python3 -c pass`"),
+        Row("CLI cold start: `babysit list`", wall([BABYSIT, "list"], n), deps, "importing typer, rich, dbus-fast"),
+    ]
+    return rows, heaviest_imports([python, "-X", "importtime", BABYSIT, "ping"])
+
+
+def heaviest_imports(argv: list[str], top: int = 8) -> str:
+    """The top-level packages `babysit ping` imports, by cumulative import time."""
+    err = subprocess.run(argv, capture_output=True, text=True).stderr
+    totals: dict[str, int] = {}
+    for line in err.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
+        if match and len(match.group(2)) == 1:  # a top-level import, with everything it pulled in
+            package = match.group(3).split(".")[0]
+            totals[package] = totals.get(package, 0) + int(match.group(1))
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return ", ".join(f"{name} {us / 1000:.0f} ms" for name, us in ranked)
+
+
+# --- 4. daemon cost ---------------------------------------------------------------------------------
+
+
+def daemon_usage() -> tuple[float, float]:
+    """babysitd's CPU seconds so far and its RSS in MiB."""
+    pid = systemctl_show(DAEMON_UNIT, "MainPID")["MainPID"]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    rss_kib = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("VmRSS:"))
+    return ticks / 100, rss_kib / 1024
+
+
+async def daemon_cost(client: Client, seconds: float, tasks: int) -> list[Row]:
+    async def measure() -> tuple[float, float]:
+        cpu_before, _ = daemon_usage()
+        await asyncio.sleep(seconds)  # the measurement window itself
+        cpu_after, rss = daemon_usage()
+        return cpu_after - cpu_before, rss
+
+    idle_cpu, idle_rss = await measure()
+    names = [f"cost-{uuid.uuid4().hex[:6]}-{i}" for i in range(tasks)]
+    for name in names:
+        await client.call("Run", "a{sv}b", [spec(name, "sleep 100000"), True])
+    await until_all(client, names, lambda s: s == State.RUNNING, 120)
+    busy_cpu, busy_rss = await measure()
+    for name in names:
+        await client.call("Kill", "s", [name])
+    await until_all(client, names, lambda s: s.terminal, 120)
+    return [
+        Row(f"babysitd CPU, {tasks} tasks for {seconds:.0f} s", busy_cpu, idle_cpu, "idle, no task", "s"),
+        Row(f"babysitd RSS, {tasks} tasks", busy_rss, idle_rss, "idle, no task", "MiB"),
+    ]
+
+
+async def until_all(client: Client, names: list[str], done: Callable[[State], bool], timeout: float) -> None:
+    wanted, deadline = set(names), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        (runs,) = await client.call("List", "b", [True])
+        latest = {r["name"]: State(r["status"]) for r in runs if r["name"] in wanted}
+        if len(latest) == len(wanted) and all(done(s) for s in latest.values()):
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"tasks not done within {timeout}s")
+
+
+# --- 5. throughput ----------------------------------------------------------------------------------
+
+
+async def throughput(client: Client, n: int) -> list[Row]:
+    names = [f"tp-{uuid.uuid4().hex[:6]}-{i}" for i in range(n)]
+    start = time.monotonic()
+    for name in names:
+        await client.call("Run", "a{sv}b", [spec(name, "true"), True])
+    await until_all(client, names, lambda s: s == State.COMPLETED, 600)
+    babysit_s = time.monotonic() - start
+    start = time.monotonic()
+    for _ in range(n):
+        await (await spawn("systemd-run", "--user", "--quiet", "--wait", "true")).wait()
+    return [Row(f"{n} short tasks, submit -> all terminal", babysit_s, time.monotonic() - start,
+                "loop of `systemd-run --user --wait`", "s")]
+
+
+# --- 6. reaction: trigger -> kill -------------------------------------------------------------------
+
+
+def reactions() -> list[str]:
+    """The watchdog tests measure each kill reason's delay; their FIGURE lines, as printed."""
+    done = subprocess.run([str(BIN / "pytest"), "-q", "-s", "-p", "no:cacheprovider", str(ROOT / "tests/integration/test_watchdogs.py")],
+                          capture_output=True, text=True, cwd=ROOT)
+    return [line.removeprefix("FIGURE ") for line in done.stdout.splitlines() if line.startswith("FIGURE ")]
+
+
+# --- the table ----------------------------------------------------------------------------------------
+
+
+def table(rows: list[Row]) -> str:
+    header = ["figure", "babysit", "floor", "ratio", "floor is"]
+    lines = [header, ["---"] * len(header), *(r.cells() for r in rows)]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+async def main(quick: bool) -> None:
+    from dbus_fast import BusType
+    from dbus_fast.aio import MessageBus
+
+    subprocess.run([BABYSIT, "daemon-start"], check=True, capture_output=True)
+    bus = await MessageBus(bus_type=BusType.SESSION).connect()
+    systemd, client, signals = Systemd(bus), Client(bus), UnitSignals()
+    await systemd.subscribe(signals.on_change)
+    steps: list[tuple[str, Callable[[], Awaitable[list[Row]]]]] = [
+        ("submit -> active", lambda: submit_to_active(signals, client, systemd, 5 if quick else 10)),
+        ("exit -> return", lambda: exit_to_return(signals, 3 if quick else 8)),
+        ("throughput", lambda: throughput(client, 60 if quick else 300)),
+        ("daemon cost", lambda: daemon_cost(client, 10 if quick else 60, 100)),
+    ]
+    rows: list[Row] = []
+    cold, imports = cold_start(5 if quick else 15)
+    rows += cold
+    for label, step in steps:
+        print(f"bench: {label} ...", file=sys.stderr, flush=True)
+        rows += await step()
+    print("bench: reactions (tests/integration/test_watchdogs.py) ...", file=sys.stderr, flush=True)
+    kills = reactions()
+    bus.disconnect()
+    print(table(rows))
+    print(f"\n`babysit ping` imports, heaviest first: {imports}")
+    print("\nTrigger -> kill, per kill reason (tick 0.25 s, tolerance 2 s, as in the watchdog tests):")
+    for line in kills:
+        print(f"- {line}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="shorter daemon-cost and throughput runs")
+    asyncio.run(main(parser.parse_args().quick))
