@@ -114,7 +114,7 @@ def check_results(prefix: str, names: list[str], runs: list[dict[str, Any]]) -> 
 
 
 @pytest.mark.timeout(300)
-async def test_a_sigkill_storm_loses_and_duplicates_nothing() -> None:
+async def test_a_sigkill_storm_loses_and_duplicates_nothing(figure: Callable[[str], None]) -> None:
     prefix = f"storm-{uuid.uuid4().hex[:6]}"
     names = [f"{prefix}-{i}" for i in range(100)]
     client = await Client.connect()
@@ -137,7 +137,7 @@ async def test_a_sigkill_storm_loses_and_duplicates_nothing() -> None:
     runs = await until(lambda: all_terminal(client, names), 120, "every task to end")
     client.close()
     check_results(prefix, names, runs)
-    print(f"\nFIGURE storm: {len(names)} tasks, {len(kills)} SIGKILLs of babysitd, "
+    figure(f"storm: {len(names)} tasks, {len(kills)} SIGKILLs of babysitd, "
           f"{retried_runs(prefix)} Run calls retried after a lost answer, all terminal after "
           f"{time.monotonic() - started:.1f}s")
 

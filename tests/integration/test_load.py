@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,7 +33,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 @pytest.mark.timeout(240)
-async def test_twenty_clients_in_parallel_lose_no_update() -> None:
+async def test_twenty_clients_in_parallel_lose_no_update(figure: Callable[[str], None]) -> None:
     prefix = f"conc-{uuid.uuid4().hex[:6]}"
     latencies: list[float] = []
 
@@ -82,7 +83,7 @@ async def test_twenty_clients_in_parallel_lose_no_update() -> None:
     for run in runs:
         assert (run["status"], run["kill_reason"]) == ("killed", "user"), run
         assert run["estimated_mem_bytes"] == expected[run["name"]], f"lost update of {run['name']}"
-    print(f"\nFIGURE concurrency: {CLIENTS} clients, {len(latencies)} calls in {elapsed:.1f}s, latency p50 "
+    figure(f"concurrency: {CLIENTS} clients, {len(latencies)} calls in {elapsed:.1f}s, latency p50 "
           f"{statistics.median(latencies) * 1000:.1f} ms, p99 {percentile(latencies, 99) * 1000:.1f} ms, "
           f"max {max(latencies) * 1000:.1f} ms")
 
@@ -99,7 +100,8 @@ print(f"total {n}")
 
 
 @pytest.mark.timeout(240)
-async def test_a_log_flood_is_kept_whole_and_the_daemon_stays_responsive(tmp_path: Any) -> None:
+async def test_a_log_flood_is_kept_whole_and_the_daemon_stays_responsive(
+        tmp_path: Any, figure: Callable[[str], None]) -> None:
     name = f"flood-{uuid.uuid4().hex[:6]}"
     script = tmp_path / "flood.py"
     script.write_text(FLOOD)
@@ -133,5 +135,5 @@ async def test_a_log_flood_is_kept_whole_and_the_daemon_stays_responsive(tmp_pat
         f"{next(i for i, (a, b) in enumerate(zip(journal, expected)) if a != b)}")
     assert followed.splitlines() == journal, "log --follow did not keep up"
     assert max(pings) < 0.1, f"slowest ping {max(pings) * 1000:.0f} ms"
-    print(f"\nFIGURE flood: {total} lines in 5 s ({total / 5:.0f}/s), all in the journal and in log --follow; "
+    figure(f"flood: {total} lines in 5 s ({total / 5:.0f}/s), all in the journal and in log --follow; "
           f"{len(pings)} pings during it, p50 {statistics.median(pings) * 1000:.1f} ms, max {max(pings) * 1000:.1f} ms")
