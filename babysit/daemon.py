@@ -403,9 +403,21 @@ class Daemon:
             self.store.add_event(task, "runaway_risk", {k: v for k, v in event.items() if k != "event"}, time.time())
             if self.publisher:
                 self.publisher.runaway_risk(task, event)
+        if verdict.kill == KillReason.OBSERVABILITY_STALL and await self.printed_lately(task, watch):
+            return
         if verdict.kill:
             log.info("stopping %s: %s", task.name, verdict.kill)
             await self.stop(task, verdict.kill)
+
+    async def printed_lately(self, task: Task, watch: Watch) -> bool:
+        """Before a stall kill, ask journald itself: the follower can miss lines (journald restarting)."""
+        written = await journal.last_line_at(unit_name(task.name))
+        silent = time.time() - written if written else None
+        if silent is None or silent >= task.spec.estimates.observability_interval_s:
+            return False
+        log.warning("%s printed %.1fs ago, which the journal follower missed; not a stall", task.name, silent)
+        watch.last_output = time.monotonic() - silent
+        return True
 
     def on_output(self, unit: str) -> None:
         """A task printed a line (from the journal follower)."""

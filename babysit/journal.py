@@ -71,6 +71,18 @@ def task_unit_of(line: str) -> str | None:
     return None
 
 
+async def last_line_at(unit: str) -> float | None:
+    """When the unit's latest journal entry was written (epoch seconds), read from journald itself."""
+    process = await asyncio.create_subprocess_exec(
+        "journalctl", "--user", f"_SYSTEMD_USER_UNIT={unit}", "--lines=1", "--output=json",
+        "--output-fields=_SYSTEMD_USER_UNIT", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await process.communicate()
+    try:
+        return int(json.loads(out.splitlines()[-1])["__REALTIME_TIMESTAMP"]) / 1e6
+    except (IndexError, KeyError, ValueError, json.JSONDecodeError):
+        return None
+
+
 async def follow(on_output: Callable[[str], None], restart_delay_s: float = 1.0) -> None:
     """Call `on_output(unit)` for every line a task prints; journalctl is restarted if it ends."""
     while True:
