@@ -43,6 +43,7 @@ class Journald:
         self.stored: list[int] = []
         self.lock = threading.Lock()
         self.ready = threading.Event()
+        self.barrier = threading.Event()
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(NOTIFY_SOCKET)
         threading.Thread(target=self._receive, daemon=True).start()
@@ -61,7 +62,16 @@ class Journald:
         assert self.process is not None
         self.process.terminate()
         self.process.wait(timeout=30)
+        self._barrier()
         self.start()
+
+    def _barrier(self, timeout: float = 10) -> None:
+        """Wait until every message the old journald sent is handled: datagrams arrive in order."""
+        self.barrier.clear()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"BARRIER=1", NOTIFY_SOCKET)
+        if not self.barrier.wait(timeout):
+            raise RuntimeError("the notify socket's barrier did not come through")
 
     def _receive(self) -> None:
         """sd_notify messages from journald: READY=1, and stream fds to keep (FDSTORE=1)."""
@@ -80,6 +90,8 @@ class Journald:
                         os.close(fd)
             if "READY=1" in fields:
                 self.ready.set()
+            if "BARRIER=1" in fields:
+                self.barrier.set()
 
     def _prune(self) -> list[int]:
         """Drop streams whose writer has gone (as systemd does on POLLHUP); the rest go to the new journald."""
