@@ -74,7 +74,7 @@ class Daemon:
         self.config = settings
         self.manager_cgroup = manager_cgroup
         self.caps_missing = caps_missing  # why caps cannot be applied, with the fix: `run` refuses then
-        self.warnings = caps_missing + advice  # everything to tell the user, each with its fix
+        self.advice = advice  # what else does not hold here, with the fix: `run` goes on
         self.publisher: Publisher | None = None
         # by name: queued and running tasks, and finished ones until their unit is released
         self.tasks: dict[str, Task] = {t.name: t for t in db.live()}
@@ -214,6 +214,10 @@ class Daemon:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return self.store.events(self.latest(name))
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.caps_missing + self.advice
 
     def capacity(self) -> dict[str, Any]:
         return capacity_report(self.host, free_mem_bytes(), self.reservations(),
@@ -488,7 +492,8 @@ async def serve() -> None:
     settings = config.load()
     layout = Layout.of_this_machine()
     manager_cgroup, caps_missing = await check_preconditions(systemd, layout)
-    advice = [w for w in [journal.rate_limit_warning(journal.journald_config_texts())] if w]
+    rate_limited = journal.rate_limit_warning(journal.journald_config_texts())
+    advice = [rate_limited] if rate_limited else []
     for warning in caps_missing + advice:
         log.warning("%s", warning)
     daemon = Daemon(systemd, store.Store(store.default_path()), read_host(settings), layout, settings,

@@ -15,9 +15,9 @@ log = logging.getLogger("babysitd")
 ARGV = ["journalctl", "--user", "--follow", "--lines=0", "--output=json", "--output-fields=_SYSTEMD_USER_UNIT"]
 
 
+ZERO = re.compile(r"0+(\.0+)?\s*[a-z]*")  # a duration or count of zero, with or without its unit
 # journald.conf and its drop-ins; a drop-in in a later directory replaces one of the same name
 JOURNALD_CONF = Path("/etc/systemd/journald.conf")
-ZERO = re.compile(r"0+(\.0+)?\s*[a-z]*")
 JOURNALD_DROP_IN_DIRS = (Path("/usr/lib/systemd/journald.conf.d"), Path("/run/systemd/journald.conf.d"),
                          Path("/etc/systemd/journald.conf.d"))
 

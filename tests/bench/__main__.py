@@ -24,12 +24,12 @@ from pathlib import Path
 from dbus_fast import Variant
 
 from babysit.client import Client
-from babysit.protocol import DAEMON_UNIT, State, unit_name
+from babysit.protocol import State, unit_name
 from babysit.systemd import Systemd
-from tests.integration.conftest import BIN, UnitSignals, ended, systemctl_show
+from tests.integration.conftest import BIN, TINY, UnitSignals, daemon_pid, ended, run_spec
 
 BABYSIT = str(BIN / "babysit")
-TINY = {"estimated_cpu_cores": "0.01", "estimated_mem_bytes": "8M", "estimated_time": "10m"}
+BENCH = {**TINY, "estimated_mem_bytes": "8M", "estimated_time": "10m"}  # outlives the daemon-cost window
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -65,7 +65,7 @@ async def spawn(*argv: str) -> asyncio.subprocess.Process:
 
 
 def spec(name: str, command: str) -> dict[str, Variant]:
-    return {k: Variant("s", v) for k, v in {"name": name, "command": command, "cwd": "/", **TINY}.items()}
+    return run_spec(name, command, **BENCH)
 
 
 def active(props: dict) -> bool:
@@ -113,7 +113,7 @@ async def submit_to_active(signals: UnitSignals, client: Client, systemd: System
 
 
 def flags() -> list[str]:
-    return [f"--{k}={v}" for k, v in TINY.items()]
+    return [f"--{k}={v}" for k, v in BENCH.items()]
 
 
 # --- 2. unit exit -> waiter returns ---------------------------------------------------------------
@@ -181,7 +181,7 @@ def heaviest_imports(argv: list[str], top: int = 8) -> str:
 
 def daemon_usage() -> tuple[float, float]:
     """babysitd's CPU seconds so far and its RSS in MiB."""
-    pid = systemctl_show(DAEMON_UNIT, "MainPID")["MainPID"]
+    pid = daemon_pid()
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime + stime
     rss_kib = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
+import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from dbus_fast import BusType
+from dbus_fast import BusType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
+from babysit.client import DaemonNotRunning
+from babysit import protocol
 from babysit.systemd import Systemd, UnitChange, unit_path
 from tests.waiting import wait_for
 
@@ -102,6 +106,47 @@ def systemctl_show(unit: str, *props: str) -> dict[str, str]:
     out = subprocess.run(["systemctl", "--user", "show", unit, *(f"--property={p}" for p in props)],
                          capture_output=True, text=True, check=True).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def task_output(name: str) -> list[str]:
+    """The lines a task printed, and nothing systemd logged about its unit."""
+    argv = ["journalctl", "--user", f"_SYSTEMD_USER_UNIT={protocol.unit_name(name)}", "-o", "cat", "--no-pager"]
+    return subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()
+
+
+def babysit_units(prefix: str = "") -> set[str]:
+    """Loaded task units whose task name starts with `prefix`."""
+    out = subprocess.run(["systemctl", "--user", "list-units", "--all", "--plain", "--no-legend",
+                          f"{protocol.UNIT_PREFIX}{prefix}*"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def daemon_pid() -> int:
+    return int(systemctl_show(protocol.DAEMON_UNIT, "MainPID")["MainPID"])
+
+
+# estimates small enough for many tasks side by side on 2 cores
+TINY = {"estimated_cpu_cores": "0.01", "estimated_mem_bytes": "16M", "estimated_time": "30s"}
+
+
+def run_spec(name: str, command: str, **fields: str) -> dict[str, Variant]:
+    """A D-Bus `Run` spec as the CLI sends it: tiny estimates unless `fields` say otherwise."""
+    values = {"name": name, "command": command, "cwd": os.getcwd(), **TINY, **fields}
+    return {k: Variant("s", v) for k, v in values.items()}
+
+
+async def until(predicate: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
+    """The first truthy value of an async predicate; a daemon that is down counts as not yet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = await predicate()
+        except DaemonNotRunning:
+            value = None
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def journal(unit: str) -> str:

@@ -15,23 +15,18 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from dbus_fast import Variant
 
-from babysit.client import Client, DaemonNotRunning
-from babysit.protocol import DAEMON_UNIT, State, unit_name
-from tests.integration.conftest import babysit, systemctl_show
+from babysit.client import Client
+from babysit.protocol import DAEMON_UNIT, State
+from tests.integration.conftest import babysit, babysit_units, daemon_pid, run_spec, task_output, until
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.usefixtures("daemon")]
-TINY = {"estimated_cpu_cores": "0.01", "estimated_mem_bytes": "16M", "estimated_time": "30s"}
-
-
-def wire(name: str, command: str) -> dict[str, Variant]:
-    values = {"name": name, "command": command, "cwd": os.getcwd(), **TINY}
-    return {k: Variant("s", v) for k, v in values.items()}
 
 
 def expected_exit(i: int) -> int:
@@ -44,7 +39,7 @@ def command(name: str, i: int) -> str:
 
 async def submit(client: Client, name: str, command: str) -> None:
     """As `babysit run --force` does: retried with the same request id when babysitd dies mid-call."""
-    assert await client.submit(wire(name, command), force=True) == name
+    assert await client.submit(run_spec(name, command), force=True) == name
 
 
 def retried_runs(prefix: str) -> int:
@@ -54,40 +49,16 @@ def retried_runs(prefix: str) -> int:
     return len(out.splitlines())
 
 
-def daemon_pid() -> int:
-    return int(systemctl_show(DAEMON_UNIT, "MainPID")["MainPID"])
-
-
 def new_daemon(killed: list[int]) -> int:
     """The PID of a running babysitd not killed yet, or 0."""
     pid = daemon_pid()
     return pid if pid not in (0, *killed) else 0
 
 
-async def until(predicate: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    """The first truthy value of an async predicate; a daemon that is down counts as not yet."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = await predicate()
-        except DaemonNotRunning:
-            value = None
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 async def all_terminal(client: Client, names: list[str]) -> list[dict[str, Any]] | None:
     (runs,) = await client.call("List", "b", [True])
     mine = [r for r in runs if r["name"] in set(names)]
     return mine if sum(State(r["status"]).terminal for r in mine) == len(names) else None
-
-
-def leftover_units(prefix: str) -> list[str]:
-    out = subprocess.run(["systemctl", "--user", "list-units", "--all", "--plain", "--no-legend",
-                          f"babysit-{prefix}*"], capture_output=True, text=True, check=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
 def journal_lines(marker: str) -> Counter[str]:
@@ -107,10 +78,7 @@ def check_results(prefix: str, names: list[str], runs: list[dict[str, Any]]) -> 
         assert (r["status"], r.get("exit_code")) == want, r
     printed = journal_lines(prefix)
     assert printed == Counter(f"out-{n}" for n in names), "a task ran twice or not at all"
-    deadline = time.monotonic() + 30
-    while leftover_units(prefix) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert leftover_units(prefix) == []
+    wait_for(lambda: not babysit_units(prefix), 30, "no unit left behind")
 
 
 @pytest.mark.timeout(300)
@@ -176,7 +144,7 @@ async def test_a_journald_restart_loses_no_line_and_stalls_nothing() -> None:
     client = await Client.connect()
     for name in names:  # 80 numbered lines over 4 s; the stall watchdog would fire after 3 s of silence
         command = f"for i in $(seq 80); do echo {name}-$i; sleep 0.05; done; echo out-{name}"
-        await client.submit({**wire(name, command), "observability_interval": Variant("s", "3s")}, force=True)
+        await client.submit({**run_spec(name, command), "observability_interval": Variant("s", "3s")}, force=True)
     # mid-output: a stream journald accepted a moment ago may not be in the fd store yet, on a host too
     await until(lambda: asyncio.to_thread(all_printing, names), 30, "the tasks to print")
     await asyncio.to_thread(restart_journald)
@@ -185,13 +153,8 @@ async def test_a_journald_restart_loses_no_line_and_stalls_nothing() -> None:
     for r in runs:
         assert (r["status"], r.get("exit_code")) == ("completed", 0), r
     for name in names:
-        assert journal_of(name) == [f"{name}-{i}" for i in range(1, 81)] + [f"out-{name}"]
-
-
-def journal_of(name: str) -> list[str]:
-    return subprocess.run(["journalctl", "--user", f"_SYSTEMD_USER_UNIT={unit_name(name)}", "-o", "cat", "--no-pager"],
-                          capture_output=True, text=True).stdout.splitlines()
+        assert task_output(name) == [f"{name}-{i}" for i in range(1, 81)] + [f"out-{name}"]
 
 
 def all_printing(names: list[str]) -> bool:
-    return all(f"{name}-5" in journal_of(name) for name in names)
+    return all(f"{name}-5" in task_output(name) for name in names)

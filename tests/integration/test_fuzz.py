@@ -4,7 +4,6 @@ errors, and no unit is created for a request that was refused."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import uuid
 from typing import Any
 
@@ -14,9 +13,9 @@ from dbus_fast.aio import MessageBus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from babysit.protocol import BUS_NAME, ERRORS, SCHEDULER_INTERFACE, SCHEDULER_PATH, UNIT_PREFIX
+from babysit.protocol import BUS_NAME, ERRORS, SCHEDULER_INTERFACE, SCHEDULER_PATH
 from babysit.task import SPEC_FIELDS
-from tests.integration.conftest import babysit
+from tests.integration.conftest import babysit, babysit_units
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon")]
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -50,18 +49,12 @@ async def call(member: str, signature: str, body: list[Any]) -> Message:
         bus.disconnect()
 
 
-def fuzz_units() -> set[str]:
-    out = subprocess.run(["systemctl", "--user", "list-units", "--all", "--plain", "--no-legend",
-                          f"{UNIT_PREFIX}*"], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
 def check_reply(reply: Message, name: Any, units_before: set[str]) -> None:
     """Accepted, or refused with one of babysit's errors and no unit made; the daemon still answers."""
     if reply.message_type == MessageType.ERROR:
         assert reply.error_name in ERRORS, (reply.error_name, reply.body)
         assert reply.body and reply.body[0].strip(), "an error without a message"
-        assert fuzz_units() - units_before == set(), "a refused request created a unit"
+        assert babysit_units() - units_before == set(), "a refused request created a unit"
     else:
         assert isinstance(name, Variant) and reply.body == [name.value]
         asyncio.run(call("Kill", "s", [name.value]))  # a queued one would start later, among other examples
@@ -72,7 +65,7 @@ def check_reply(reply: Message, name: Any, units_before: set[str]) -> None:
 @settings(FUZZ, max_examples=150)
 @given(spec=specs, force=st.booleans())
 def test_random_run_specs_over_dbus(spec: dict[str, Variant], force: bool) -> None:
-    before = fuzz_units()
+    before = babysit_units()
     reply = asyncio.run(call("Run", "a{sv}b", [spec, force]))
     check_reply(reply, spec.get("name"), before)
 
@@ -80,7 +73,7 @@ def test_random_run_specs_over_dbus(spec: dict[str, Variant], force: bool) -> No
 @settings(FUZZ, max_examples=80)
 @given(changes=st.dictionaries(keys, variants, max_size=6), target=odd_text)
 def test_random_adjusts_over_dbus(changes: dict[str, Variant], target: str) -> None:
-    before = fuzz_units()
+    before = babysit_units()
     reply = asyncio.run(call("Adjust", "sa{sv}", [target, changes]))
     assert reply.message_type == MessageType.ERROR or target  # an empty name is never adjusted
     if reply.message_type == MessageType.ERROR:

@@ -14,17 +14,12 @@ import pytest
 from dbus_fast import Variant
 
 from babysit.client import Client
-from babysit.protocol import State, unit_name
-from tests.integration.conftest import BIN, babysit
-from tests.integration.test_faults import TINY, until
+from babysit.protocol import State
+from tests.integration.conftest import BIN, babysit, run_spec, task_output, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.usefixtures("daemon")]
 CLIENTS, TASKS_PER_CLIENT, ADJUSTS_PER_CLIENT = 20, 5, 30
 MiB = 1 << 20
-
-
-def spec(name: str, command: str) -> dict[str, Variant]:
-    return {k: Variant("s", v) for k, v in {"name": name, "command": command, "cwd": "/", **TINY}.items()}
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -51,7 +46,7 @@ async def test_twenty_clients_in_parallel_lose_no_update(figure: Callable[[str],
         last: dict[str, int] = {}
         try:
             for name in names:
-                await timed(client, "Run", "a{sv}b", [spec(name, "sleep 120"), True])
+                await timed(client, "Run", "a{sv}b", [run_spec(name, "sleep 120"), True])
             for k in range(ADJUSTS_PER_CLIENT):
                 name = names[k % len(names)]
                 last[name] = (16 + k) * MiB
@@ -126,8 +121,7 @@ async def test_a_log_flood_is_kept_whole_and_the_daemon_stays_responsive(
         followed, _ = await asyncio.to_thread(follower.communicate, timeout=120)
     client.close()
     assert waited.returncode == 0, waited.stdout + waited.stderr
-    journal = subprocess.run(["journalctl", "--user", f"_SYSTEMD_USER_UNIT={unit_name(name)}", "-o", "cat", "--no-pager"],
-                             capture_output=True, text=True, check=True).stdout.splitlines()
+    journal = task_output(name)
     total = int(journal[-1].split()[1])
     expected = [f"line {i}" for i in range(total)] + [f"total {total}"]
     assert len(journal) == len(expected) and journal == expected, (

@@ -10,15 +10,11 @@ import subprocess
 import pytest
 
 from babysit.protocol import DAEMON_UNIT, unit_name
-from tests.integration.conftest import babysit, journal, systemctl_show
+from tests.integration.conftest import babysit, daemon_pid, journal, systemctl_show
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon")]
 LIGHT = ["--estimated_cpu_cores=0.2", "--estimated_mem_bytes=128M"]  # several side by side on 2 cores
-
-
-def daemon_pid() -> int:
-    return int(systemctl_show(DAEMON_UNIT, "MainPID")["MainPID"])
 
 
 def sigkill_daemon() -> None:
