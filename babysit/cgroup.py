@@ -45,6 +45,8 @@ class Layout:
     memory_root: Path | None
     cpu_root: Path | None  # v1: the cpuacct hierarchy
     v2: bool
+    # hybrid hosts: the unified tree holds every unit too, and its cpu.stat counts CPU with no controller
+    unified_root: Path | None = None
 
     @classmethod
     def from_mountinfo(cls, text: str) -> Layout:
@@ -53,12 +55,23 @@ class Layout:
         cpuacct = next((p for k, p in mounts.items() if "cpuacct" in k.split(",")), None)
         unified = mounts.get("")
         if memory is None and unified is not None and (unified / "cgroup.controllers").exists():
-            return cls(unified, unified, v2=True)
-        return cls(memory, cpuacct, v2=False)
+            return cls(unified, unified, v2=True, unified_root=unified)
+        return cls(memory, cpuacct, v2=False, unified_root=unified)
 
     @classmethod
     def of_this_machine(cls) -> Layout:
         return cls.from_mountinfo(Path("/proc/self/mountinfo").read_text())
+
+    def memory_dir(self, cgroup: str) -> Path | None:
+        return self.memory_root / cgroup.lstrip("/") if self.memory_root else None
+
+    def cpu_files(self, cgroup: str) -> list[Path]:
+        """Where a cgroup's total CPU time is counted, best first (a file may be missing on a host)."""
+        rel = cgroup.lstrip("/")
+        files = [self.unified_root / rel / "cpu.stat"] if self.unified_root else []
+        if self.cpu_root and not self.v2:
+            files.append(self.cpu_root / rel / "cpuacct.usage")
+        return files
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,15 @@ def parse_cpu_stat(text: str) -> int:
     return parse_flat_keyed(text).get("usage_usec", 0) * 1000
 
 
+def _read_cpu_ns(path: Path) -> int | None:
+    """CPU nanoseconds from a cpu.stat (v2, or the unified tree of a hybrid host) or a v1 cpuacct.usage."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    return parse_cpu_stat(text) if path.name == "cpu.stat" else _read_int(path)
+
+
 def read_sample(layout: Layout, cgroup: str) -> Sample | None:
     """A unit's memory and CPU now; None once its cgroup is gone."""
     rel = cgroup.lstrip("/")
@@ -141,7 +163,7 @@ def read_sample(layout: Layout, cgroup: str) -> Sample | None:
     mem = _read_int(mem_dir / "memory.usage_in_bytes")
     if mem is None:
         return None
-    cpu = _read_int(layout.cpu_root / rel / "cpuacct.usage") if layout.cpu_root else None
+    cpu = next((ns for ns in map(_read_cpu_ns, layout.cpu_files(cgroup)) if ns is not None), None)
     if cpu is None:
         cpu = processes_cpu_ns(mem_dir)
     return Sample(mem, _read_int(mem_dir / "memory.max_usage_in_bytes"), cpu,

@@ -60,7 +60,11 @@ def call(work: Callable[[Client], Awaitable[T]], first_use: bool = True) -> T:
     except BabysitError as e:
         raise fail(f"babysit: {e}", e.exit_code) from None
     except DaemonNotRunning:
-        raise fail("babysit daemon not running (start it with: babysit daemon-start)", ExitCode.NEGATIVE) from None
+        from babysit.install import why_not_running
+
+        why = why_not_running()
+        raise fail("babysit daemon not running (start it with: babysit daemon-start)" + (f"\n{why}" if why else ""),
+                   ExitCode.NEGATIVE) from None
 
 
 def print_json(value: Any) -> None:
@@ -127,11 +131,13 @@ def wait(name: str = Name) -> None:
             line.clear()
         typer.echo(json.dumps(event), err=True)
 
-    async def wait_with_status(c: Client) -> dict[str, Any]:
+    def attached(report: dict[str, Any]) -> None:
         if line:
-            line.report = await c.status(name)
-            line.show(line.report)
-        return await c.wait(name, on_event, line.show if line else None)
+            line.report = report
+            line.show(report)
+
+    async def wait_with_status(c: Client) -> dict[str, Any]:
+        return await c.wait(name, on_event, line.show if line else None, attached)
 
     result = terminal_only(call(wait_with_status))
     if line:
@@ -155,7 +161,7 @@ class StatusLine:
         elapsed = datetime.now().timestamp() - datetime.fromisoformat(started).timestamp() if started else 0
         text = (f"{self.name}: {r.get('status', 'running')}  {format_duration(max(elapsed, 0))}/"
                 f"{format_duration(r['estimated_time_s'])}  mem {format_size(r.get('mem_bytes', 0))}/"
-                f"{format_size(r.get('peak_mem_bytes', 0))}/{format_size(r['estimated_mem_bytes'])}  "
+                f"{format_size(r.get('peak_mem_bytes'))}/{format_size(r['estimated_mem_bytes'])}  "
                 f"cpu {r.get('cpu_cores', 0):.1f}/{r['estimated_cpu_cores']:g}  "
                 f"silent {r.get('silent_s', 0):.0f}s")
         sys.stderr.write("\r\033[K" + text)
@@ -253,7 +259,8 @@ def list_(
             table.add_row(r[0], f"[{STATE_STYLE.get(r[1], '')}]{r[1]}[/]", *r[2:])
         Console().print(table)
         return
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
+    # one iterable per column (header included): with no task, max() must not get a lone int
+    widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
     for r in [COLUMNS, *rows]:
         typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 

@@ -8,10 +8,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
+from dbus_fast import Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
+from babysit import bus as session_bus
 from babysit.protocol import (
     BUS_NAME, ERRORS, SCHEDULER_INTERFACE, SCHEDULER_PATH, BabysitError, State, task_path,
 )
@@ -57,7 +58,7 @@ class Client:
     @classmethod
     async def connect(cls) -> Client:
         try:
-            return cls(await MessageBus(bus_type=BusType.SESSION).connect())
+            return cls(await session_bus.connect())
         except (OSError, ValueError, DBusError) as e:
             raise DaemonNotRunning(f"no session bus ({e})") from None
 
@@ -108,11 +109,13 @@ class Client:
         await self.call("AddMatch", "s", [rule], destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS)
 
     async def wait(self, name: str, on_event: Callable[[dict[str, Any]], None] | None = None,
-                   on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                   on_progress: Callable[[dict[str, Any]], None] | None = None,
+                   on_attached: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Block until the task's latest run is terminal; return its result.
 
         Driven by the task object's PropertiesChanged. The match rules go in before the snapshot, so
         nothing that happens in between is missed; events that happened before are replayed first.
+        `on_attached` gets that first snapshot: from then on, no change is missed.
         """
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         path = task_path(name)
@@ -148,6 +151,8 @@ class Client:
             if event.get("event") == "runaway_risk":
                 emit(event)
         status = await self.status(name)
+        if on_attached:
+            on_attached(status)
         while not State(status["status"]).terminal:
             kind, value = await queue.get()
             if kind == "event":

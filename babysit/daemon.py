@@ -7,34 +7,35 @@ sampling usage, which systemd does not push.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
-from dbus_fast import BusType
-from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
-from babysit import __version__, config, journal, policy, report, store
+from babysit import __version__, accounting, config, failpoints, journal, policy, report, store
+from babysit import bus as session_bus
 from babysit.capacity import Decision, Reservation, capacity_report, decide, refusal
 from babysit.cgroup import Layout, OomNotifier, missing_controllers, oom_notifier, read_sample
 from babysit.host import free_mem_bytes, meminfo, read_host
-from babysit.outcome import UnitEnd, classify, has_ended, oom_evidence
+from babysit.outcome import UnitEnd, classify, final_usage, has_ended, oom_evidence
 from babysit.protocol import (
-    SLICE, UNIT_PREFIX, CapacityExceeded, CapsUnavailable, InvalidArgument, KillReason, NameInUse, NoSuchTask,
+    SLICE, UNIT_PREFIX, BabysitError, CapacityExceeded, CapsUnavailable, InvalidArgument, KillReason, NameInUse, NoSuchTask,
     NotRunning, State, log_command, unit_name,
 )
 from babysit.quantities import format_duration
 from babysit.systemd import SERVICE, UNIT, Systemd, UnitChange, unit_path
 from babysit.task import (
-    RUNTIME_BACKSTOP_MARGIN_S, Host, Outcome, Task, Usage, derive_caps, spec_from_wire, spec_to_wire,
+    RUNTIME_BACKSTOP_MARGIN_S, Caps, Host, Outcome, Task, TaskSpec, Usage, derive_caps, spec_from_wire, spec_to_wire,
 )
-from babysit.unit import cap_properties, description, start_properties
+from babysit.unit import USEC, Described, cap_properties, description, parse_description, start_properties
 
 log = logging.getLogger("babysitd")
 ACTIVE_STATES = ("activating", "active", "deactivating", "reloading")
@@ -45,7 +46,7 @@ class Publisher(Protocol):
 
     def task_changed(self, task: Task) -> None: ...
     def task_finished(self, task: Task) -> None: ...
-    def capacity_changed(self, capacity: dict[str, Any]) -> None: ...
+    def capacity_changed(self) -> None: ...
     def runaway_risk(self, task: Task, event: dict[str, Any]) -> None: ...
 
 
@@ -66,7 +67,7 @@ class Watch:
 
 class Daemon:
     def __init__(self, systemd: Systemd, db: store.Store, host: Host, layout: Layout, settings: config.Config,
-                 manager_cgroup: str, caps_missing: list[str], advice: list[str]) -> None:
+                 manager_cgroup: str, caps_missing: list[str], advice: list[str], ends_dir: Path) -> None:
         self.systemd = systemd
         self.store = db
         self.host = host
@@ -81,7 +82,12 @@ class Daemon:
         self.watches: dict[str, Watch] = {}  # unit object path -> watch
         self._finishing: set[int] = set()
         self._admission = asyncio.Lock()  # one decision at a time, so two tasks never take the same room
+        self._drain_requested = False  # a burst of task ends drains the queue once, not once per end
+        self._background: set[asyncio.Task[None]] = set()
         self.external_pressure = False  # reported once per episode
+        self.ends_dir = ends_dir  # where units leave their final accounting (see babysit.accounting)
+        ends_dir.mkdir(parents=True, exist_ok=True)
+        self.record_script = accounting.install_script(ends_dir)
 
     # --- start-up ---------------------------------------------------------------------------------
 
@@ -95,6 +101,7 @@ class Daemon:
             if task.state == State.RUNNING:
                 self.watches[unit_path(unit_name(task.name))] = Watch(task.id)
         await self.systemd.subscribe(self.on_unit_change)
+        await self.take_up_unrecorded_units()
         for task in list(self.tasks.values()):
             if task.state == State.RUNNING:
                 await self.adopt(task)
@@ -105,18 +112,67 @@ class Daemon:
         """A queued task whose name has a unit: the last daemon died around its start, or before a release."""
         unit = unit_name(task.name)
         props = await self.systemd.properties(unit, UNIT)
-        if props.get("Description") != description(task):
+        described = parse_description(props.get("Description", ""))
+        if described is None or described.run_id != task.id:
             await self.release(unit, props.get("ActiveState", ""))  # an older run's, whose result is stored
             return
         started = props.get("ActiveEnterTimestamp", 0) / 1e6 or time.time()
         self.save(task.with_(state=State.RUNNING, started_at=started))
         log.info("recovered %s: its unit was started just before the last daemon stopped", task.name)
 
+    async def take_up_unrecorded_units(self) -> None:
+        """Task units that babysit's records do not know (the database was lost or damaged): their
+        Description says whose run they are and with which estimates, so they are watched again."""
+        live = {unit_name(t.name) for t in self.tasks.values()}
+        for unit, active, _sub in await self.systemd.list_units(f"{UNIT_PREFIX}*.service"):
+            if unit in live or active == "inactive":
+                continue
+            props = await self.unit_properties(unit)
+            described = parse_description(props.get("Description", ""))
+            if described is None or unit != unit_name(described.name) or self.store.exists(described.run_id):
+                continue
+            try:
+                task = self.store.add_running(self.spec_of_unit(described, props), self.caps_of_unit(described, props),
+                                              described.run_id, props.get("ActiveEnterTimestamp", 0) / USEC or time.time())
+            except BabysitError as e:
+                log.warning("cannot take up %s, which babysit has no record of: %s", unit, e)
+                continue
+            self.tasks[task.name] = task
+            self.watches[unit_path(unit)] = Watch(task.id)
+            self.publish(task)
+            log.warning("took up %s (run #%d), which babysit had no record of", unit, task.id)
+
+    def spec_of_unit(self, described: Described, props: Mapping[str, Any]) -> TaskSpec:
+        """A task's spec, read back from its unit: the command, directory and environment systemd has."""
+        command = next((argv[2] for _path, argv, *_ in props.get("ExecStart", []) if len(argv) > 2), "")
+        command = command.replace("$$", "$")  # as systemd runs it (see unit.no_expansion)
+        f = described.fields
+        wire = {"name": described.name, "command": command, "cwd": props.get("WorkingDirectory") or "~",
+                "env": dict(v.split("=", 1) for v in props.get("Environment", []) if "=" in v),
+                "estimated_time": f.get("time_s"), "kill_timeout": f.get("kill_timeout_s"),
+                "observability_interval": f.get("observability_interval_s"),
+                "estimated_mem_bytes": f.get("mem_bytes"), "estimated_cpu_cores": f.get("cpu_cores"),
+                "mem_pct_limit": f.get("mem_pct_limit"), "cpu_pct_limit": f.get("cpu_pct_limit")}
+        return spec_from_wire({k: v for k, v in wire.items() if v is not None}, self.host)
+
+    def caps_of_unit(self, described: Described, props: Mapping[str, Any]) -> Caps:
+        """The caps systemd enforces on a unit, as they are (the host or the config may have changed)."""
+        f = described.fields
+        return Caps(mem_limit_bytes=int(self.host.mem_bytes * f.get("mem_pct_limit", 100) / 100),
+                    cpu_limit_cores=self.host.cores * f.get("cpu_pct_limit", 100) / 100,
+                    memory_max_bytes=int(props.get("MemoryMax", 0)),
+                    cpu_quota_pct=props.get("CPUQuotaPerSecUSec", 0) / USEC * 100,
+                    runtime_max_s=props.get("RuntimeMaxUSec", 0) / USEC)
+
     async def adopt(self, task: Task) -> None:
         """Take up a task that was running when the previous daemon stopped."""
         unit = unit_name(task.name)
         if await self.systemd.get_unit(unit) is None:
             self.watches.pop(unit_path(unit), None)
+            final = accounting.read(self.record_of(task))
+            if final:  # it ended while no daemon ran, and left its accounting behind
+                await self.conclude(task, Watch(task.id), {}, final)
+                return
             outcome = (Outcome(State.KILLED, kill_reason=task.kill_requested) if task.kill_requested else
                        Outcome(State.UNKNOWN, detail="its unit was gone when babysitd restarted, so how it ended "
                                                      f"is not known; see {log_command(task.name)}"))
@@ -148,6 +204,7 @@ class Daemon:
         """Validate and admit a task: start it if it fits now, queue it with force, refuse it otherwise."""
         spec = spec_from_wire(wire, self.host)
         caps = derive_caps(spec, self.host)
+        check_cwd(spec.cwd)
         if self.caps_missing:
             raise CapsUnavailable("; ".join(self.caps_missing))
         async with self._admission:
@@ -189,27 +246,38 @@ class Daemon:
                 raise InvalidArgument(f"kill_timeout of a running task can grow to at most {format_duration(longest)} "
                                       "(the systemd backstop set at its start)")
             caps = replace(caps, runtime_max_s=task.caps.runtime_max_s)
-            await self.systemd.set_unit_properties(unit_name(name), cap_properties(caps))
+            adjusted = task.with_(spec=spec, caps=caps)
+            # the Description carries the estimates, for a daemon that has to take the unit up without records
+            await self.systemd.set_unit_properties(unit_name(name), cap_properties(caps)
+                                                   | {"Description": description(adjusted)})
         self.save(task.with_(spec=spec, caps=caps))
         await self.drain()
 
     def status(self, name: str) -> dict[str, Any]:
-        return self.describe(self.latest(name), time.time())
+        return self.describe([self.latest(name)])[0]
 
     def list(self, include_terminal: bool) -> list[dict[str, Any]]:
-        tasks = self.store.history() if include_terminal else list(self.tasks.values())
-        now = time.time()
-        return [self.describe(t, now) for t in tasks]
+        return self.describe(self.store.history() if include_terminal else list(self.tasks.values()))
 
-    def describe(self, task: Task, now: float) -> dict[str, Any]:
-        """A task's status; a queued one also says its place in the queue and what it waits for."""
-        described = report.status(task, now)
-        if task.state == State.QUEUED:
-            queue = self.queue()
-            ahead = [t.name for t in queue[: queue.index(task)]] if task in queue else []
-            decision = self.decide(task.spec.estimates.mem_bytes, task.spec.estimates.cpu_cores, ahead)
-            described |= {"queue_position": len(ahead) + 1, "waiting_for": decision.reason or "its turn",
-                          "available": decision.available.as_dict()}
+    def describe(self, tasks: list[Task]) -> list[dict[str, Any]]:
+        """Tasks' status; a queued one also says its place in the queue and what it waits for.
+
+        The queue, reservations and free memory are read once for all of them: a List of a long queue
+        must not hold up the loop.
+        """
+        now, queue = time.time(), [t.name for t in self.queue()]
+        position = {name: i for i, name in enumerate(queue)}
+        free, running = free_mem_bytes(), self.reservations()
+        described = []
+        for task in tasks:
+            status = report.status(task, now)
+            if task.state == State.QUEUED:
+                ahead = queue[: position.get(task.name, 0)]
+                decision = decide(self.host, free, running, task.spec.estimates.mem_bytes,
+                                  task.spec.estimates.cpu_cores, ahead)
+                status |= {"queue_position": len(ahead) + 1, "waiting_for": decision.reason or "its turn",
+                           "available": decision.available.as_dict()}
+            described.append(status)
         return described
 
     def events(self, name: str) -> list[dict[str, Any]]:
@@ -244,12 +312,23 @@ class Daemon:
                     break
                 await self.spawn(task)
         if self.publisher:
-            self.publisher.capacity_changed(self.capacity())
+            self.publisher.capacity_changed()
+
+    def request_drain(self) -> None:
+        """Drain soon; the requests of a burst of task ends become one drain."""
+        if not self._drain_requested:
+            self._drain_requested = True
+            self.background(self._drain_requested_now(), "draining the queue")
+
+    async def _drain_requested_now(self) -> None:
+        self._drain_requested = False  # a request made while this drain runs gets a drain of its own
+        await self.drain()
 
     async def recheck_forever(self) -> None:
         """Memory freed outside babysit sends no signal: look at the queue now and then as well."""
         while True:
             await asyncio.sleep(self.config.recheck_s)
+            failpoints.check("recheck_loop", once=True)
             if self.queue():
                 await self.drain()
 
@@ -275,7 +354,10 @@ class Daemon:
         unit = unit_name(task.name)
         self.watches[unit_path(unit)] = Watch(task.id)  # before the start: its first signals count
         try:
-            await self.systemd.start_transient_unit(unit, start_properties(task, self.config.stop_grace_s))
+            cgroup = self.cgroup_of(task)
+            stop_post = accounting.stop_post_command(self.record_script, self.record_of(task),
+                                                     self.layout.memory_dir(cgroup), self.layout.cpu_files(cgroup))
+            await self.systemd.start_transient_unit(unit, start_properties(task, self.config.stop_grace_s, stop_post))
         except DBusError as e:
             self.watches.pop(unit_path(unit), None)
             await self.record_end(task, Outcome(State.FAILED, detail=f"systemd refused to start it: {e.text}"))
@@ -294,36 +376,59 @@ class Daemon:
         if task and watch.oom is None and change.changed.get("ActiveState") == "active":
             self.arm_oom_notifier(task, watch)
         if task and has_ended(watch.props, watch.seen_active) and task.id not in self._finishing:
-            asyncio.get_running_loop().create_task(self.finish(task))
+            self._finishing.add(task.id)
+            self.background(self.finish(task), f"finishing {task.name}")
 
     def arm_oom_notifier(self, task: Task, watch: Watch) -> None:
         watch.oom = oom_notifier(self.layout, self.cgroup_of(task))
         if watch.oom:
-            asyncio.get_running_loop().add_reader(watch.oom.fd, watch.oom.on_readable)
+            asyncio.get_running_loop().add_reader(watch.oom.fd, self.on_oom_notice, task.id, watch)
+
+    def on_oom_notice(self, task_id: int, watch: Watch) -> None:
+        """The kernel's OOM notification (v1): the cgroup still holds what it had at the limit, so read it now."""
+        assert watch.oom is not None
+        watch.oom.on_readable()
+        task = self.by_id(task_id)
+        if task and watch.oom.fired:
+            with self.isolated(task, "reading it at its OOM notification"):
+                self.sample(task, watch)
 
     def cgroup_of(self, task: Task) -> str:
         return f"{self.manager_cgroup}/{SLICE}/{unit_name(task.name)}"
 
+    def record_of(self, task: Task) -> Path:
+        """Where the unit of this run leaves its final accounting."""
+        return self.ends_dir / str(task.id)
+
     async def finish(self, task: Task) -> None:
         """A task's unit is over: read how it ended, store the result, release the unit."""
         self._finishing.add(task.id)
-        unit = unit_name(task.name)
-        watch = self.watches.pop(unit_path(unit), Watch(task.id))
-        self.sample(task, watch)
         try:
-            props = {**watch.props, **await self.unit_properties(unit)}
-        except DBusError:
-            props = watch.props  # already unloaded: the signals carried the end
-        task = self.by_id(task.id) or task
-        if watch.oom:
-            asyncio.get_running_loop().remove_reader(watch.oom.fd)
-            watch.oom.on_readable()  # a wake not yet delivered
-            watch.oom.close()
+            unit = unit_name(task.name)
+            watch = self.watches.pop(unit_path(unit), Watch(task.id))
+            try:
+                props = {**watch.props, **await self.unit_properties(unit)}
+            except DBusError:
+                props = watch.props  # already unloaded: the signals carried the end
+            if watch.oom:
+                asyncio.get_running_loop().remove_reader(watch.oom.fd)
+                watch.oom.on_readable()  # a wake not yet delivered
+                watch.oom.close()
+            await self.conclude(self.by_id(task.id) or task, watch, props, accounting.read(self.record_of(task)))
+        finally:
+            self._finishing.discard(task.id)
+
+    async def conclude(self, task: Task, watch: Watch, props: Mapping[str, Any],
+                       final: accounting.FinalAccounting | None) -> None:
+        """Judge how a run ended, from systemd's word and the kernel's final accounting, and store it."""
+        peak = max(task.usage.peak_mem_bytes or 0, final.peak_mem_bytes or 0) if final else task.usage.peak_mem_bytes
         evidence = (bool(watch.oom and watch.oom.fired)
-                    or oom_evidence(watch.oom_kills, watch.failcnt, task.usage.peak_mem_bytes, task.caps.memory_max_bytes))
-        outcome = classify(UnitEnd.from_properties(props), task.kill_requested, evidence)
-        await self.record_end(self.by_id(task.id) or task, outcome, props.get("ActiveState", ""))
-        self._finishing.discard(task.id)
+                    or oom_evidence(max(watch.oom_kills, final.oom_kills or 0) if final else watch.oom_kills,
+                                    max(watch.failcnt, final.mem_failcnt or 0) if final else watch.failcnt,
+                                    peak or 0, task.caps.memory_max_bytes))
+        outcome = classify(UnitEnd.of(props, final), task.kill_requested, evidence)
+        usage = final_usage(task.usage, final, outcome.kill_reason == KillReason.OOM, task.caps.memory_max_bytes)
+        await self.record_end(task.with_(usage=usage), outcome, props.get("ActiveState", "") if props else None)
 
     async def record_end(self, task: Task, outcome: Outcome, unit_state: str | None = None) -> None:
         """Store the result, release the unit if there is one, and only then free the name and its room."""
@@ -331,10 +436,11 @@ class Daemon:
         if unit_state is not None:
             # the name stays taken meanwhile: a new run of it must not meet the old unit
             await self.release(unit_name(task.name), unit_state)
+        self.record_of(task).unlink(missing_ok=True)
         self.tasks.pop(task.name, None)
         if self.publisher:
             self.publisher.task_finished(task)
-        asyncio.get_running_loop().create_task(self.drain())  # its room is free now
+        self.request_drain()  # its room is free now
 
     async def release(self, unit: str, active_state: str) -> None:
         """Let systemd forget a finished unit, so the name can run again."""
@@ -357,12 +463,35 @@ class Daemon:
         """Each tick: sample every running task, apply the kill policy, then look at host pressure."""
         while True:
             await asyncio.sleep(self.config.tick_s)
+            failpoints.check("sample_loop", once=True)
             for watch in list(self.watches.values()):
                 task = self.by_id(watch.task_id)
                 if task and task.state == State.RUNNING:
-                    task = self.sample(task, watch)
-                    await self.police(task, watch)
+                    with self.isolated(task, "sampling it"):
+                        failpoints.check("sample_task", task.name)
+                        task = self.sample(task, watch)
+                        await self.police(task, watch)
             await self.check_pressure()
+
+    @contextlib.contextmanager
+    def isolated(self, task: Task, doing: str) -> Iterator[None]:
+        """An error while handling one task is logged, and the others are still watched."""
+        try:
+            yield
+        except Exception:
+            log.exception("error while %s (task %s); the other tasks are still watched", doing, task.name)
+
+    def background(self, work: Coroutine[Any, Any, None], doing: str) -> None:
+        """Run `work` beside the loop, keeping a reference, and log it if it fails."""
+        running = asyncio.get_running_loop().create_task(work)
+        self._background.add(running)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._background.discard(finished)
+            if not finished.cancelled() and finished.exception():
+                log.error("error while %s", doing, exc_info=finished.exception())
+
+        running.add_done_callback(done)
 
     def sample(self, task: Task, watch: Watch) -> Task:
         """Memory now and peak, CPU seconds and cores over the window, from the unit's cgroup."""
@@ -381,8 +510,8 @@ class Daemon:
         watch.oom_kills, watch.failcnt = sample.oom_kills, sample.mem_failcnt or 0
         usage = Usage(
             mem_bytes=sample.mem_bytes,
-            peak_mem_bytes=max(task.usage.peak_mem_bytes, sample.mem_bytes, sample.peak_mem_bytes or 0),
-            cpu_seconds=max(task.usage.cpu_seconds, sample.cpu_ns / 1e9),
+            peak_mem_bytes=max(task.usage.peak_mem_bytes or 0, sample.mem_bytes, sample.peak_mem_bytes or 0),
+            cpu_seconds=max(task.usage.cpu_seconds or 0.0, sample.cpu_ns / 1e9),
             cpu_cores=cores,
             silent_s=now - watch.last_output,
         )
@@ -469,6 +598,17 @@ class Daemon:
             self.publisher.task_changed(task)
 
 
+def check_cwd(cwd: str) -> None:
+    """Refuse a working directory the task could not start in, before any unit exists."""
+    path = Path(cwd).expanduser()  # "~" is the user's home, as systemd reads it
+    if not path.exists():
+        raise InvalidArgument(f"cwd {cwd}: no such directory")
+    if not path.is_dir():
+        raise InvalidArgument(f"cwd {cwd}: not a directory")
+    if not os.access(path, os.X_OK):
+        raise InvalidArgument(f"cwd {cwd}: permission denied (this user cannot enter it)")
+
+
 async def check_preconditions(systemd: Systemd, layout: Layout) -> tuple[str, list[str]]:
     """The user manager's cgroup, and what keeps caps from working (each with its fix)."""
     manager_cgroup = await systemd.manager_property("ControlGroup")
@@ -483,41 +623,60 @@ async def check_preconditions(systemd: Systemd, layout: Layout) -> tuple[str, li
     return manager_cgroup, warnings
 
 
+class SupervisionEnded(Exception):
+    """A loop that watches tasks ended: babysitd exits non-zero, so systemd starts a fresh one."""
+
+
 async def serve() -> None:
     from babysit.service import BusService  # the D-Bus adapter; the scheduler above does not need it
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    bus = await MessageBus(bus_type=BusType.SESSION).connect()
+    bus = await session_bus.connect()
     systemd = Systemd(bus)
     settings = config.load()
     layout = Layout.of_this_machine()
     manager_cgroup, caps_missing = await check_preconditions(systemd, layout)
     rate_limited = journal.rate_limit_warning(journal.journald_config_texts())
-    advice = [rate_limited] if rate_limited else []
+    db, damaged = store.open_or_replace(store.default_path(), time.time())
+    advice = [note for note in (rate_limited, damaged) if note]
     for warning in caps_missing + advice:
         log.warning("%s", warning)
-    daemon = Daemon(systemd, store.Store(store.default_path()), read_host(settings), layout, settings,
-                    manager_cgroup, caps_missing, advice)
+    daemon = Daemon(systemd, db, read_host(settings), layout, settings, manager_cgroup, caps_missing, advice,
+                    store.default_path().parent / "ends")
     service = BusService(bus, daemon)
     daemon.publisher = service
     await daemon.start()
     await service.export()  # the name last: D-Bus activation callers only get a ready daemon
-    background = [asyncio.get_running_loop().create_task(work) for work in
-                  (daemon.sample_forever(), daemon.recheck_forever(), journal.follow(daemon.on_output))]
+    loop = asyncio.get_running_loop()
+    supervision = {loop.create_task(work): name for work, name in (
+        (daemon.sample_forever(), "sampling"), (daemon.recheck_forever(), "queue re-check"),
+        (journal.follow(daemon.on_output), "journal follower"))}
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop.set)
     log.info("babysitd %s ready (tick %.1fs, host %s bytes / %d cores)", __version__, settings.tick_s,
              daemon.host.mem_bytes, daemon.host.cores)
-    await asyncio.wait([asyncio.ensure_future(stop.wait()), asyncio.ensure_future(bus.wait_for_disconnect())],
-                       return_when=asyncio.FIRST_COMPLETED)
-    for work in background:
+    stopped, lost_bus = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(bus.wait_for_disconnect())
+    done, _ = await asyncio.wait([stopped, lost_bus, *supervision], return_when=asyncio.FIRST_COMPLETED)
+    for work in supervision:
         work.cancel()
     bus.disconnect()
+    ended = [supervision[work] for work in done if work in supervision]
+    if ended:
+        failure = next(iter(done)).exception() if len(done) == 1 else None
+        log.critical("the %s loop ended (%r): exiting so that systemd starts babysitd afresh", ended[0], failure)
+        raise SupervisionEnded(ended[0])
+    if lost_bus in done and not stopped.done():
+        log.critical("lost the session bus connection (%r): exiting so that systemd restarts babysitd",
+                     lost_bus.exception() if not lost_bus.cancelled() else None)
+        raise SupervisionEnded("bus")
 
 
 def main() -> None:
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except SupervisionEnded:
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

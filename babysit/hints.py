@@ -19,7 +19,7 @@ def kill_hint(task: Task) -> str:
                 f"{format_duration(e.kill_timeout_s)}: check for a hang, then re-run with "
                 f"--estimated_time={format_duration(2 * elapsed)}")
     if reason in (KillReason.OOM, KillReason.MEM_2X_SUSTAINED):
-        peak = max(u.peak_mem_bytes, task.caps.memory_max_bytes if reason == KillReason.OOM else 0)
+        peak = max(u.peak_mem_bytes or u.mem_bytes, task.caps.memory_max_bytes if reason == KillReason.OOM else 0)
         return (f"peak {format_size(peak)} vs estimate {format_size(e.mem_bytes)}: audit memory use (rolling "
                 f"reads, smaller batches), then re-run with --estimated_mem_bytes={size_flag(peak * 1.2)}")
     if reason == KillReason.CPU_2X_SUSTAINED:
@@ -29,7 +29,7 @@ def kill_hint(task: Task) -> str:
         return (f"no output for {format_duration(e.observability_interval_s)}: print progress (python -u, "
                 f"flush=True), or re-run with --observability_interval={format_duration(2 * e.observability_interval_s)}")
     if reason == KillReason.PRESSURE:
-        need = max(u.peak_mem_bytes, e.mem_bytes)
+        need = max(u.peak_mem_bytes or 0, e.mem_bytes)
         return (f"the host ran short of memory while it used {format_size(u.mem_bytes)} (estimate "
                 f"{format_size(e.mem_bytes)}): re-run with --estimated_mem_bytes={size_flag(need * 1.2)} after "
                 f"babysit wait_for_capacity --mem_bytes={size_flag(need * 1.2)} --cpu_cores={e.cpu_cores:g}")

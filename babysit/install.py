@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -95,3 +96,23 @@ async def install_and_start(client: Client, quiet: bool = False) -> None:
         typer.echo(f"warning: {warning}", err=True)
     if not lingering():
         say("note: tasks end when you log out; to keep them running: loginctl enable-linger $USER")
+
+
+def why_not_running() -> str:
+    """What systemd and the daemon's journal say about a babysitd that is not answering, or ""."""
+    try:
+        shown = subprocess.run(["systemctl", "--user", "show", DAEMON_UNIT, "--property=ActiveState,Result,NRestarts"],
+                               capture_output=True, text=True, timeout=10).stdout
+        state = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+        if state.get("ActiveState") not in ("failed", "activating", "inactive") or state.get("Result") == "success":
+            return ""
+        tail = subprocess.run(["journalctl", "--user", "-u", DAEMON_UNIT, "-n", "5", "-o", "cat", "--no-pager"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = [f"babysitd is {state.get('ActiveState')} (result: {state.get('Result')}, "
+             f"restarts: {state.get('NRestarts', '?')})"]
+    if tail:
+        lines += ["its last log lines:", *(f"  {line}" for line in tail.splitlines())]
+    lines.append(f"more: systemctl --user status {DAEMON_UNIT}; journalctl --user -u {DAEMON_UNIT}")
+    return "\n".join(lines)

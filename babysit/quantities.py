@@ -40,8 +40,10 @@ def parse_size(text: str) -> int:
     return size
 
 
-def format_size(size: float) -> str:
-    """`9.1 GiB`, `512 MiB`, `300 B`."""
+def format_size(size: float | None) -> str:
+    """`9.1 GiB`, `512 MiB`, `300 B`; `-` for a figure not measured."""
+    if size is None:
+        return "-"
     for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if size >= factor:
             value = size / factor

@@ -40,7 +40,8 @@ def result(task: Task, now: float) -> dict[str, Any]:
         "finished_at": timestamp(task.finished_at),
         "elapsed_s": round(end - task.started_at, 3) if task.started_at else None,
         "peak_mem_bytes": task.usage.peak_mem_bytes,
-        "cpu_seconds": round(task.usage.cpu_seconds, 3),
+        # None (JSON null) when the kernel's figure could not be read, never a made-up 0
+        "cpu_seconds": None if task.usage.cpu_seconds is None else round(task.usage.cpu_seconds, 3),
         "estimated_time_s": e.time_s,
         "kill_timeout_s": e.kill_timeout_s,
         "observability_interval_s": e.observability_interval_s,

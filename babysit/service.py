@@ -5,6 +5,7 @@ Domain errors become D-Bus error names here and only here; any other exception i
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -161,12 +162,22 @@ class TaskInterface(ServiceInterface):
 
 
 class BusService:
-    """Exports the scheduler and the task objects; the daemon's Publisher."""
+    """Exports the scheduler and the task objects; the daemon's Publisher.
+
+    Changes are coalesced: whatever happens to a task within one turn of the event loop goes out as
+    one PropertiesChanged, and capacity as one CapacityChanged, so a burst of task ends does not turn
+    into a burst of messages on a bus that is already busy.
+    """
 
     def __init__(self, bus: MessageBus, daemon: Daemon) -> None:
         self.bus = bus
+        self.daemon = daemon
         self.scheduler = SchedulerInterface(daemon)
         self.objects: dict[str, TaskInterface] = {}
+        self.changed: dict[str, Task] = {}  # by name: the latest of each task not yet published
+        self.finished: list[Task] = []
+        self.capacity_stale = False
+        self.flush_scheduled = False
         for task in daemon.tasks.values():
             self.task_changed(task)
 
@@ -178,19 +189,40 @@ class BusService:
             raise SystemExit(f"babysitd: {BUS_NAME} is already owned by another daemon")
 
     def task_changed(self, task: Task) -> None:
-        obj = self.objects.get(task.name)
-        if obj is None:
+        if task.name not in self.objects:  # exported at once: a waiter's Status finds it, its changes signal
             self.objects[task.name] = TaskInterface(task)
             self.bus.export(task_path(task.name), self.objects[task.name])
-        else:
-            obj.update(task)
+            return
+        self.changed[task.name] = task
+        self.flush_soon()
+
+    def task_finished(self, task: Task) -> None:
+        self.task_changed(task)
+        self.finished.append(task)
+        self.flush_soon()
+
+    def capacity_changed(self) -> None:
+        self.capacity_stale = True
+        self.flush_soon()
 
     def runaway_risk(self, task: Task, event: dict[str, Any]) -> None:
         self.scheduler.RunawayRisk(task.name, to_dict(event))
 
-    def capacity_changed(self, capacity: dict[str, Any]) -> None:
-        self.scheduler.CapacityChanged(to_dict(capacity))
+    def flush_soon(self) -> None:
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
-    def task_finished(self, task: Task) -> None:
-        self.task_changed(task)
-        self.scheduler.TaskFinished(task.name, to_dict(report.result(task, time.time())))
+    def flush(self) -> None:
+        """Publish what changed since the last flush: task properties, then ends, then capacity."""
+        self.flush_scheduled = False
+        changed, self.changed = self.changed, {}
+        finished, self.finished = self.finished, []
+        for name, task in changed.items():
+            self.objects[name].update(task)
+        now = time.time()
+        for task in finished:
+            self.scheduler.TaskFinished(task.name, to_dict(report.result(task, now)))
+        if self.capacity_stale:
+            self.capacity_stale = False
+            self.scheduler.CapacityChanged(to_dict(self.daemon.capacity()))

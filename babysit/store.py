@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +73,42 @@ def _task(row: sqlite3.Row) -> Task:
     )
 
 
+def open_or_replace(path: Path, now: float) -> tuple[Store, str | None]:
+    """The store at `path`; a damaged one is moved aside (kept) and replaced by a fresh one, with a warning.
+
+    A supervisor that cannot read its records must still supervise: the tasks are systemd units, and
+    babysitd takes up the ones still running from their unit Descriptions.
+    """
+    try:
+        return Store(path), None
+    except sqlite3.DatabaseError as e:
+        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = path.with_name(f"{path.name}.damaged-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{path}{suffix}").exists():
+                os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+        return Store(path), (f"the state database was damaged ({e}) and was moved aside to {aside}; babysit "
+                             "started a fresh one: earlier runs are not in the history, and running tasks were "
+                             "taken up again from systemd")
+
+
 class Store:
     """One SQLite database; every write is one transaction."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            (check,) = self.db.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -102,6 +129,23 @@ class Store:
         except sqlite3.IntegrityError:
             raise NameInUse.of(spec.name) from None
         return self.get(task_id)
+
+    def add_running(self, spec: TaskSpec, caps: Caps, run_id: int, started_at: float) -> Task:
+        """A run found running without a record (the records were lost): kept under its own id."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "INSERT INTO tasks (id, name, state, submitted_at, started_at, spec, caps, usage) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, spec.name, State.RUNNING.value, started_at, started_at, json.dumps(asdict(spec)),
+                 json.dumps(asdict(caps)), json.dumps(asdict(Usage()))),
+            )
+            self.db.execute("INSERT INTO transitions (task_id, at, state, detail) VALUES (?, ?, ?, ?)",
+                            (run_id, started_at, State.RUNNING.value, "taken up from its unit without a record"))
+        return self.get(run_id)
+
+    def exists(self, run_id: int) -> bool:
+        return self.db.execute("SELECT 1 FROM tasks WHERE id = ?", (run_id,)).fetchone() is not None
 
     def save(self, task: Task, at: float, detail: str = "") -> Task:
         """Write a run's current record; a change of state is also logged as a transition."""

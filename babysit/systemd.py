@@ -24,6 +24,7 @@ UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit"
 PROPERTY_SIGNATURES: dict[str, str] = {
     "Description": "s",
     "ExecStart": "a(sasb)",
+    "ExecStopPost": "a(sasb)",
     "WorkingDirectory": "s",
     "Environment": "as",
     "Slice": "s",

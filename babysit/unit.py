@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from babysit.protocol import SLICE
@@ -10,23 +12,62 @@ from babysit.task import Caps, Task
 USEC = 1_000_000
 
 
+ESTIMATE_KEYS = ("time_s", "mem_bytes", "cpu_cores", "kill_timeout_s", "observability_interval_s")
+DESCRIPTION = re.compile(r"babysit task (?P<name>\S+) \(#(?P<run_id>\d+)\)(?:: (?P<fields>.*))?")
+
+
+@dataclass(frozen=True)
+class Described:
+    """What a task unit's Description tells babysit: whose run it is, and with which estimates."""
+
+    name: str
+    run_id: int
+    fields: dict[str, float]  # ESTIMATE_KEYS and the two caps' percentages, where present
+
+
 def description(task: Task) -> str:
-    """The unit's Description; the run's id in it tells this run's unit from an older run's."""
-    return f"babysit task {task.spec.name} (#{task.id})"
+    """The unit's Description: the run's id (to tell it from an older run's unit) and its estimates, so a
+    unit can be taken up again even when babysit's own records are lost."""
+    e, spec = task.spec.estimates, task.spec
+    values = {**{k: getattr(e, k) for k in ESTIMATE_KEYS}, "mem_pct_limit": spec.mem_pct_limit,
+              "cpu_pct_limit": spec.cpu_pct_limit}
+    return f"babysit task {spec.name} (#{task.id}): " + " ".join(f"{k}={v:.15g}" for k, v in values.items())
 
 
-def start_properties(task: Task, stop_grace_s: float) -> dict[str, Any]:
+def parse_description(text: str) -> Described | None:
+    """The inverse of `description`; None for a unit babysit did not start."""
+    match = DESCRIPTION.fullmatch(text or "")
+    if not match:
+        return None
+    fields = {}
+    for pair in (match["fields"] or "").split():
+        key, _, value = pair.partition("=")
+        try:
+            fields[key] = float(value)
+        except ValueError:
+            return None
+    return Described(match["name"], int(match["run_id"]), fields)
+
+
+def no_expansion(word: str) -> str:
+    """An argv word as systemd must get it so that it reaches the process unchanged: systemd expands
+    `${VAR}` (and a lone `$VAR`) from the unit's environment itself, before bash could, unless `$` is
+    doubled."""
+    return word.replace("$", "$$")
+
+
+def start_properties(task: Task, stop_grace_s: float, stop_post: tuple[str, list[str], bool]) -> dict[str, Any]:
     """Everything StartTransientUnit sets for a task (SPEC 'Caps applied to each unit')."""
     spec = task.spec
     return {
         "Description": description(task),
-        "ExecStart": [("/bin/bash", ["/bin/bash", "-c", spec.command], False)],
+        "ExecStart": [("/bin/bash", ["/bin/bash", "-c", no_expansion(spec.command)], False)],
         "WorkingDirectory": spec.cwd,
         "Environment": [f"{k}={v}" for k, v in spec.env.items()],
         "Slice": SLICE,
-        # a finished task stays loaded (active/exited or failed) until babysit has stored its result,
-        # so a daemon that was down meanwhile still reads how it ended; babysit then releases the name
-        "RemainAfterExit": True,
+        # the final accounting (see babysit.accounting), which also outlives the unit for a daemon that
+        # was down when it ended
+        "ExecStopPost": [stop_post],
         "KillMode": "control-group",
         "TimeoutStopUSec": int(stop_grace_s * USEC),
         "MemoryAccounting": True,

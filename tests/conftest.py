@@ -1,4 +1,4 @@
-"""Test tiers: pure tests run anywhere; `integration` needs a user session; `host` needs root outside one."""
+"""Test tiers: pure tests run anywhere; `integration` only through the session runner; `host` needs root outside one."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ import pytest
 
 from tests.session.run import own_session_is_up
 
+# The runner sets this for COMMAND: it built a private session, or checked that the caller's own
+# holds no babysit of theirs and will remove what the tests install. Without it, integration tests
+# would install into, and share, the caller's own babysit.
 SESSION_REQUIRED = os.environ.get("BABYSIT_REQUIRE_SESSION") == "1"
 SESSION_UP = own_session_is_up(dict(os.environ))
-RUN_HINT = "run the suite through the session runner: python3 tests/session/run.py .venv/bin/pytest"
+NOT_THROUGH_RUNNER = ("integration tests run only through the session runner: "
+                      "python3 tests/session/run.py .venv/bin/pytest")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if SESSION_REQUIRED and not SESSION_UP:  # the runner promised a session: its absence is a failure
         raise pytest.UsageError("BABYSIT_REQUIRE_SESSION=1 but no user session is reachable")
     for item in items:
-        if "integration" in item.keywords and not SESSION_UP:
-            item.add_marker(pytest.mark.skip(reason=f"no systemd user session; {RUN_HINT}"))
+        if "integration" in item.keywords and not SESSION_REQUIRED:
+            item.add_marker(pytest.mark.skip(reason=NOT_THROUGH_RUNNER))
         if "host" in item.keywords and (os.geteuid() != 0 or SESSION_REQUIRED):
             item.add_marker(pytest.mark.skip(reason="tests the session runner itself: needs root, outside a session"))

@@ -3,7 +3,10 @@
 
     python3 tests/session/run.py [--timeout SECONDS] [--] COMMAND [ARG...]
 
-- As a user whose own user session is up (a laptop): runs COMMAND directly.
+- As a user whose own user session is up (a laptop): runs COMMAND directly, but only when this user
+  has no babysit of their own (installed unit, config, database, loaded units), which the tests would
+  share and break; otherwise it says what it found and how to run privately, and exits 2. Afterwards,
+  whatever happens, it stops and deletes everything babysit the tests left.
 - As root where no user session runs (containers, CI): builds a private one as SANDBOX.md describes
   (dedicated child cgroups, cgroup + mount + PID namespaces, journald with persistent storage,
   `systemd --user` as an unprivileged test user with its cgroup subtree delegated, the session bus
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -45,6 +49,8 @@ CHILD_PREFIX = "babysit-session-"
 CONTROL_SOCKET = "/run/systemd/babysit-session-control"
 EXIT_USAGE = 2
 EXIT_HOST_DIRTY = 3
+EXIT_TIMEOUT = 124
+STOP_GRACE = 10  # seconds COMMAND has to end after SIGTERM, in direct mode
 
 
 class SessionError(Exception):
@@ -88,6 +94,151 @@ MISSING_HELP = (
     "Log in with a user session (or `loginctl enable-linger $USER`), or run this as root to build "
     "a private one."
 )
+
+
+# --- direct mode: the caller's own session, and their own babysit -------------------------------
+
+
+def babysit_paths(env: dict[str, str], home: Path) -> list[Path]:
+    """Where babysit keeps a user's installation, config and database (babysit/install.py, config.py, store.py)."""
+    config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+    data = Path(env.get("XDG_DATA_HOME") or home / ".local/share")
+    state = Path(env.get("XDG_STATE_HOME") or home / ".local/state")
+    return [
+        config / "systemd/user/babysitd.service",
+        config / "systemd/user/babysit.slice",
+        data / "dbus-1/services/org.babysit.service",
+        config / "babysit",  # config.toml
+        state / "babysit",  # the task database
+    ]
+
+
+def babysit_units(listing: str) -> list[str]:
+    """babysit's units (daemon, slice, tasks) in `systemctl --user list-units --all --plain --no-legend` output."""
+    units = []
+    for line in listing.splitlines():
+        fields = line.removeprefix("●").split()
+        if len(fields) < 3:
+            continue
+        name, load, active = fields[:3]
+        ours = name in ("babysitd.service", "babysit.slice") or (
+            name.startswith("babysit-") and name.endswith(".service"))
+        # A name that is merely referenced (not-found and inactive) is no installation.
+        if ours and not (load == "not-found" and active == "inactive"):
+            units.append(name)
+    return units
+
+
+def refusal(found: list[str], runner: str, args: list[str]) -> str:
+    """Why direct mode will not run, and the private run that would."""
+    return (
+        "this user has a babysit of their own, which the tests would share, and then stop and delete:\n"
+        + "".join(f"  {thing}\n" for thing in found)
+        + "Run the tests in a private session instead, as root (COMMAND then runs as the test user "
+        f"{TEST_USER}, who must be able to read this tree):\n  sudo python3 {shlex.join([runner, *args])}"
+    )
+
+
+def list_babysit_units() -> list[str]:
+    """babysit's units loaded in the caller's user manager."""
+    listing = subprocess.run(["systemctl", "--user", "list-units", "--all", "--plain", "--no-legend", "--full",
+                              "babysit*"], capture_output=True, text=True, timeout=60)
+    if listing.returncode != 0:
+        raise SessionError(f"systemctl --user list-units failed: {listing.stderr.strip()}")
+    return babysit_units(listing.stdout)
+
+
+def present(paths: list[Path]) -> list[Path]:
+    """The paths that exist (a dangling symlink too)."""
+    return [path for path in paths if path.exists() or path.is_symlink()]
+
+
+def missing_parents(paths: list[Path]) -> list[Path]:
+    """Directories on the way to `paths` that do not exist yet, deepest first."""
+    missing: set[Path] = set()
+    for path in paths:
+        for parent in path.parents:
+            if parent.exists():
+                break
+            missing.add(parent)
+    return sorted(missing, key=lambda p: (-len(p.parts), str(p)))
+
+
+def run_direct(command: list[str], timeout: float | None, args: list[str]) -> int:
+    """Run COMMAND in the caller's own session if they have no babysit; remove what it left, whatever happens."""
+    paths = babysit_paths(dict(os.environ), Path.home())
+    found = [str(p) for p in present(paths)] + [f"loaded unit {u}" for u in list_babysit_units()]
+    if found:
+        raise SessionError(refusal(found, os.path.relpath(__file__), args))
+    new_dirs = missing_parents(paths)
+    try:
+        return run_command(command, {**os.environ, "BABYSIT_REQUIRE_SESSION": "1"}, timeout)
+    finally:
+        # None of babysit's paths or units existed before COMMAND ran: whatever is there now, the tests made.
+        if not remove_babysit(paths, new_dirs):
+            sys.exit(EXIT_HOST_DIRTY)
+
+
+def run_command(command: list[str], env: dict[str, str], timeout: float | None) -> int:
+    """COMMAND's exit status; SIGTERM and SIGHUP are passed on to it, and at `timeout` it is ended."""
+    try:
+        proc = subprocess.Popen(command, env=env)
+    except OSError as e:
+        raise SessionError(f"cannot run {command[0]}: {e}") from e
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # A terminal's Ctrl-C reaches the whole foreground process group, COMMAND included: only the
+        # others need passing on. The handlers stay for the cleanup, which no signal may cut short.
+        log(f"{signal.Signals(signum).name}: ending {command[0]}, then cleaning up")
+        if signum != signal.SIGINT and proc.poll() is None:
+            proc.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    try:
+        status = proc.wait(timeout=timeout)
+        return 128 - status if status < 0 else status  # killed by signal N: 128+N, as a shell says
+    except subprocess.TimeoutExpired:
+        log(f"timed out after {timeout:.0f}s: ending {command[0]}")
+        proc.terminate()
+        try:
+            proc.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return EXIT_TIMEOUT
+
+
+def remove_babysit(paths: list[Path], new_dirs: list[Path]) -> bool:
+    """Stop babysit's units and delete its files, as before the tests; True when none is left."""
+    units = list_babysit_units()
+    if units:
+        subprocess.run(["systemctl", "--user", "stop", *units], timeout=120)
+        # a unit that failed stays loaded until its failure is reset; one already gone makes this complain
+        subprocess.run(["systemctl", "--user", "reset-failed", *units], capture_output=True, timeout=60)
+    removed = present(paths)
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    for directory in new_dirs:
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # gone already, or holds something that is not babysit's
+    subprocess.run(["systemctl", "--user", "daemon-reload"], timeout=120)  # unloads the units whose files went
+    left = [str(p) for p in present(paths)] + [f"unit {u}" for u in list_babysit_units()]
+    if left:
+        log(f"NOT CLEAN: babysit left behind: {', '.join(left)}")
+        return False
+    done = []
+    if units:
+        done.append(f"stopped {', '.join(units)}")
+    if removed:
+        done.append(f"removed {', '.join(map(str, removed))}")
+    log(f"cleaned up babysit after the tests: {'; '.join(done) or 'nothing to clean'}")
+    return True
 
 
 # --- outside the namespaces (root on the host) --------------------------------------------------
@@ -232,7 +383,7 @@ def supervise(proc: subprocess.Popen, timeout: float | None) -> int:
         log(f"timed out after {timeout:.0f}s: ending the session")
         end_session()
         proc.wait()
-        return 124
+        return EXIT_TIMEOUT
 
 
 def cleanup(children: list[tuple[cgroups.Hierarchy, Path]], pid1_before: str) -> bool:
@@ -400,7 +551,7 @@ def main(argv: list[str]) -> int:
     mode = choose_mode(os.geteuid(), dict(os.environ))
     try:
         if mode == "direct":
-            os.execvpe(command[0], command, {**os.environ, "BABYSIT_REQUIRE_SESSION": "1"})
+            return run_direct(command, args.timeout, argv)
         if mode == "missing":
             raise SessionError(MISSING_HELP)
         return run_private(command, args.user, args.uid, args.timeout)

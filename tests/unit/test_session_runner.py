@@ -1,10 +1,14 @@
-"""The session runner's pure parts: reading the cgroup layout and choosing a mode."""
+"""The session runner's pure parts: reading the cgroup layout, choosing a mode, finding a user's own babysit."""
 
+import os
 from pathlib import Path
 
+import pytest
+
+from babysit import config, install, store
 from babysit.cgroup import parse_mountinfo, parse_proc_cgroup
 from tests.session.cgroups import Hierarchy, hierarchies
-from tests.session.run import choose_mode, own_session_is_up
+from tests.session.run import babysit_paths, babysit_units, choose_mode, missing_parents, own_session_is_up, refusal
 
 HYBRID_CGROUP = """\
 9:name=systemd:/
@@ -63,3 +67,76 @@ def test_mode_choice(tmp_path: Path) -> None:
     assert choose_mode(0, with_session) == "private"
     assert choose_mode(1000, with_session) == "direct"
     assert choose_mode(1000, {}) == "missing"
+
+
+HOME = Path("/home/alice")
+
+
+def test_babysit_paths_are_where_babysit_writes_by_default() -> None:
+    assert babysit_paths({}, HOME) == [
+        HOME / ".config/systemd/user/babysitd.service",
+        HOME / ".config/systemd/user/babysit.slice",
+        HOME / ".local/share/dbus-1/services/org.babysit.service",
+        HOME / ".config/babysit",
+        HOME / ".local/state/babysit",
+    ]
+
+
+def test_babysit_paths_follow_the_xdg_variables() -> None:
+    env = {"XDG_CONFIG_HOME": "/c", "XDG_DATA_HOME": "/d", "XDG_STATE_HOME": "/s"}
+    assert babysit_paths(env, HOME) == [
+        Path("/c/systemd/user/babysitd.service"), Path("/c/systemd/user/babysit.slice"),
+        Path("/d/dbus-1/services/org.babysit.service"), Path("/c/babysit"), Path("/s/babysit"),
+    ]
+
+
+def test_babysit_paths_match_what_babysit_itself_uses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # the runner cannot import babysit (it runs before any virtualenv): keep its copy of the paths true
+    for var, sub in (("XDG_CONFIG_HOME", "c"), ("XDG_DATA_HOME", "d"), ("XDG_STATE_HOME", "s")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    paths = babysit_paths(dict(os.environ), tmp_path)
+    assert set(install.targets().values()) <= set(paths)
+    assert config.default_path().parent in paths
+    assert store.default_path().parent in paths
+
+
+# `systemctl --user list-units --all --plain --no-legend --full 'babysit*'`
+LISTING = """\
+babysit-t-1.service     loaded    active   running Supervised task t-1
+babysit-t-2.service     loaded    failed   failed  Supervised task t-2
+babysit-gone.service    not-found inactive dead    babysit-gone.service
+babysit.slice           loaded    active   active  babysit.slice
+babysitd.service        loaded    active   running babysit scheduler: supervised background tasks
+babysitter.timer        loaded    active   waiting Someone else's timer
+"""
+
+
+def test_babysit_units_are_the_daemon_its_slice_and_tasks_that_are_loaded() -> None:
+    assert babysit_units(LISTING) == ["babysit-t-1.service", "babysit-t-2.service", "babysit.slice",
+                                     "babysitd.service"]
+    assert babysit_units("") == []
+
+
+def test_a_unit_marked_failed_is_still_found() -> None:
+    assert babysit_units("● babysitd.service loaded failed failed babysit scheduler\n") == ["babysitd.service"]
+
+
+def test_refusal_lists_what_it_found_and_the_private_run() -> None:
+    message = refusal(["/home/alice/.local/state/babysit", "loaded unit babysitd.service"],
+                      "tests/session/run.py", ["--timeout", "1500", ".venv/bin/pytest", "-k", "a b"])
+    assert "  /home/alice/.local/state/babysit\n  loaded unit babysitd.service\n" in message
+    assert message.endswith("sudo python3 tests/session/run.py --timeout 1500 .venv/bin/pytest -k 'a b'")
+
+
+def test_missing_parents_are_the_directories_still_to_make_deepest_first(tmp_path: Path) -> None:
+    (tmp_path / ".config").mkdir()
+    paths = babysit_paths({}, tmp_path)
+    assert missing_parents(paths) == [
+        tmp_path / ".local/share/dbus-1/services",
+        tmp_path / ".config/systemd/user",
+        tmp_path / ".local/share/dbus-1",
+        tmp_path / ".config/systemd",
+        tmp_path / ".local/share",
+        tmp_path / ".local/state",
+        tmp_path / ".local",
+    ]  # each before its parent, so removing them in this order empties a parent before it is tried

@@ -1,0 +1,124 @@
+"""babysitd keeps supervising through faults: a damaged database, a daemon that cannot start, an error
+while watching one task, a supervision loop that dies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from babysit import failpoints
+from babysit.store import default_path
+from tests.integration.conftest import babysit, daemon_config, daemon_pid, restart_daemon, systemctl_show
+from tests.waiting import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon")]
+MiB = 1 << 20
+
+
+def status(name: str) -> dict:
+    return json.loads(babysit("status", f"--name={name}", "--json").stdout)
+
+
+def daemon_log_since(cursor: str) -> str:
+    return subprocess.run(["journalctl", "--user", "-u", "babysitd", "--after-cursor", cursor, "-o", "cat",
+                           "--no-pager"], capture_output=True, text=True).stdout
+
+
+def journal_cursor() -> str:
+    out = subprocess.run(["journalctl", "--user", "-n", "1", "-o", "json", "--no-pager"], capture_output=True,
+                         text=True).stdout
+    return json.loads(out.splitlines()[-1])["__CURSOR"]
+
+
+def restarts() -> int:
+    return int(systemctl_show("babysitd.service", "NRestarts")["NRestarts"])
+
+
+def test_a_damaged_database_is_set_aside_and_running_tasks_are_taken_up(task_name: str) -> None:
+    started = babysit("run", f"--name={task_name}", "--command=echo up; sleep 120", "--estimated_mem_bytes=100M",
+                      "--estimated_cpu_cores=0.5", "--observability_interval=1h", "--estimated_time=30m")
+    assert started.returncode == 0, started.stderr
+    wait_for(lambda: status(task_name)["status"] == "running", 30, "running")
+    subprocess.run(["systemctl", "--user", "stop", "babysitd"], check=True)
+    db = default_path()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    db.write_bytes(b"\x00garbage, not SQLite\n" * 500)
+
+    pong = babysit("ping")  # ping does not start babysitd: the next real command does, through the bus
+    assert pong.returncode == 1
+    taken_up = status(task_name)
+    assert taken_up["status"] == "running"
+    assert (taken_up["estimated_mem_bytes"], taken_up["estimated_cpu_cores"], taken_up["observability_interval_s"],
+            taken_up["estimated_time_s"]) == (100 * MiB, 0.5, 3600, 1800)
+    assert taken_up["command"] == "echo up; sleep 120"
+    pong = babysit("ping")
+    assert pong.returncode == 0 and "state database was damaged" in pong.stderr, pong.stderr
+    assert list(db.parent.glob(f"{db.name}.damaged-*")), "the damaged file is kept"
+
+    assert babysit("kill", f"--name={task_name}").returncode == 0
+    done = babysit("wait", f"--name={task_name}")
+    assert (done.returncode, json.loads(done.stdout)["kill_reason"]) == (1, "user")
+    restart_daemon()  # the warning is about this daemon's start only
+    assert "damaged" not in babysit("ping").stderr
+
+
+def test_a_daemon_that_cannot_start_is_explained(task_name: str) -> None:
+    config = Path.home() / ".config" / "babysit" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("tick_seconds = 1\n")  # a misspelt key: babysitd refuses to start
+    try:
+        subprocess.run(["systemctl", "--user", "restart", "babysitd"], capture_output=True)
+        refused = babysit("status", f"--name={task_name}")
+        assert refused.returncode == 1
+        assert "daemon not running" in refused.stderr
+        assert "unknown keys tick_seconds" in refused.stderr, refused.stderr  # from its journal
+        assert "systemctl --user status babysitd.service" in refused.stderr
+    finally:
+        config.unlink()
+    started = babysit("daemon-start")
+    assert started.returncode == 0, started.stderr
+
+
+@pytest.fixture
+def fault_points(tmp_path: Path) -> Iterator[Path]:
+    """babysitd restarted with fault points armed by files in a directory, and without them afterwards."""
+    directory = tmp_path / "faults"
+    directory.mkdir()
+    subprocess.run(["systemctl", "--user", "set-environment", f"{failpoints.DIR_VARIABLE}={directory}"], check=True)
+    try:
+        with daemon_config("tick_s = 0.25\n"):
+            yield directory
+    finally:
+        subprocess.run(["systemctl", "--user", "unset-environment", failpoints.DIR_VARIABLE], check=True)
+        restart_daemon()
+
+
+def test_an_error_while_watching_one_task_leaves_the_others_watched(fault_points: Path, task_name: str) -> None:
+    cursor, pid = journal_cursor(), daemon_pid()
+    faulty, other = f"{task_name}-faulty", f"{task_name}-other"
+    (fault_points / "sample_task").write_text(faulty)
+    babysit("run", f"--name={faulty}", "--command=sleep 2")
+    babysit("run", f"--name={other}", "--command=echo on; sleep 60", "--kill_timeout=2s")
+    done = babysit("wait", f"--name={other}", timeout=60)
+    assert json.loads(done.stdout)["kill_reason"] == "timeout"  # still policed, every tick
+    done = babysit("wait", f"--name={faulty}", timeout=60)
+    assert json.loads(done.stdout)["status"] == "completed"  # its end is still seen and judged
+    assert daemon_pid() == pid
+    assert f"error while sampling it (task {faulty})" in daemon_log_since(cursor)
+
+
+def test_a_supervision_loop_that_dies_restarts_the_daemon(fault_points: Path, task_name: str) -> None:
+    before, pid = restarts(), daemon_pid()
+    babysit("run", f"--name={task_name}", "--command=echo on; sleep 4")
+    cursor = journal_cursor()
+    (fault_points / "sample_loop").write_text("")
+    wait_for(lambda: restarts() > before and babysit("ping").returncode == 0, 60, "babysitd restarted by systemd")
+    assert daemon_pid() != pid and not (fault_points / "sample_loop").exists()
+    assert "the sampling loop ended" in daemon_log_since(cursor)
+    done = babysit("wait", f"--name={task_name}", timeout=60)
+    assert json.loads(done.stdout)["status"] == "completed"  # taken up by the new daemon
