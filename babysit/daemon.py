@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -256,8 +256,12 @@ class Daemon:
     def status(self, name: str) -> dict[str, Any]:
         return self.describe([self.latest(name)])[0]
 
-    def list(self, include_terminal: bool) -> list[dict[str, Any]]:
-        return self.describe(self.store.history() if include_terminal else list(self.tasks.values()))
+    async def list(self, include_terminal: bool, batch: int = 100) -> AsyncIterator[list[dict[str, Any]]]:
+        """Tasks' status in batches, letting other clients in between: a long history is a long reply."""
+        batches = self.store.history(batch) if include_terminal else [list(self.tasks.values())]
+        for tasks in batches:
+            yield self.describe(tasks)
+            await asyncio.sleep(0)
 
     def describe(self, tasks: list[Task]) -> list[dict[str, Any]]:
         """Tasks' status; a queued one also says its place in the queue and what it waits for.

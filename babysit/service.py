@@ -92,8 +92,8 @@ class SchedulerInterface(ServiceInterface):
             return to_dict(self.daemon.status(name))
 
     @dbus_method()
-    def List(self, all: DBusBool) -> DBusDictList:  # noqa: A002 (the D-Bus argument's name)
-        return [to_dict(t) for t in self.daemon.list(all)]
+    async def List(self, all: DBusBool) -> DBusDictList:  # noqa: A002 (the D-Bus argument's name)
+        return [to_dict(t) async for batch in self.daemon.list(all) for t in batch]
 
     @dbus_method()
     def Capacity(self) -> DBusDict:

@@ -7,6 +7,7 @@ import os
 import sqlite3
 from dataclasses import asdict
 from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,9 +189,11 @@ class Store:
         rows = self.db.execute(f"SELECT * FROM tasks WHERE state IN {LIVE} ORDER BY id").fetchall()
         return [_task(r) for r in rows]
 
-    def history(self) -> list[Task]:
-        """Every run, oldest first."""
-        return [_task(r) for r in self.db.execute("SELECT * FROM tasks ORDER BY id").fetchall()]
+    def history(self, batch: int = 100) -> Iterator[list[Task]]:
+        """Every run, oldest first, `batch` at a time."""
+        rows = self.db.execute("SELECT * FROM tasks ORDER BY id").fetchall()  # no statement left open meanwhile
+        for start in range(0, len(rows), batch):
+            yield [_task(r) for r in rows[start:start + batch]]
 
     def add_event(self, task: Task, kind: str, data: dict[str, Any], at: float) -> None:
         self.db.execute("INSERT INTO events (task_id, at, kind, data) VALUES (?, ?, ?, ?)",

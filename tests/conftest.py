@@ -25,3 +25,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=NOT_THROUGH_RUNNER))
         if "host" in item.keywords and (os.geteuid() != 0 or SESSION_REQUIRED):
             item.add_marker(pytest.mark.skip(reason="tests the session runner itself: needs root, outside a session"))
+
+
+TIER_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add up the time each tier takes (setup, call and teardown), for the summary below."""
+    tier = "integration" if "integration" in report.keywords else "host" if "host" in report.keywords else "pure"
+    if not report.skipped:
+        TIER_SECONDS[tier] = TIER_SECONDS.get(tier, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TIER_SECONDS:
+        figures = ", ".join(f"{tier} {seconds:.1f} s" for tier, seconds in sorted(TIER_SECONDS.items()))
+        terminalreporter.write_line(f"time per tier: {figures}")

@@ -73,7 +73,8 @@ def active(props: dict) -> bool:
 
 
 def over(props: dict) -> bool:
-    return ended(props) or props.get("SubState") == "exited"
+    """The main process has exited: the unit left `running` (babysit's units record their end first)."""
+    return ended(props) or props.get("SubState") in ("stop-post", "exited")
 
 
 # --- 1. submit -> unit active ------------------------------------------------------------------

@@ -63,6 +63,19 @@ async def lister(stop: asyncio.Event, latencies: list[float], errors: list[BaseE
         client.close()
 
 
+async def pinger(stop: asyncio.Event, latencies: list[float]) -> None:
+    """How long babysitd keeps another client waiting meanwhile (its loop is never blocked for long)."""
+    client = await Client.connect()
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            await client.call("Ping", autostart=False)
+            latencies.append(time.monotonic() - started)
+            await asyncio.sleep(0.02)
+    finally:
+        client.close()
+
+
 async def waiter(name: str, attached: Callable[[], None]) -> dict[str, Any]:
     client = await Client.connect()
     try:
@@ -114,6 +127,8 @@ async def burst(lock: IO[str], lock_path: Path, prefix: str, figure: Callable[[s
                    for n in names[:CLI_WAITERS]]
     stop, latencies, errors = asyncio.Event(), [], []
     listers = [asyncio.ensure_future(lister(stop, latencies, errors)) for _ in range(LISTERS)]
+    pings: list[float] = []
+    listers.append(asyncio.ensure_future(pinger(stop, pings)))
     await wait_event(all_attached.wait(), 120, f"{TASKS} waiters attached")
 
     released = time.monotonic()
@@ -132,5 +147,6 @@ async def burst(lock: IO[str], lock_path: Path, prefix: str, figure: Callable[[s
     assert errors == []
     figure(f"burst: {TASKS} tasks ended at once, {TASKS} waiters + {CLI_WAITERS} CLI waiters all got their result "
            f"{all_results_s:.2f} s after the release; {len(latencies)} List(all) calls from {LISTERS} clients, "
-           f"p50 {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms; "
+           f"p50 {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms; Ping meanwhile "
+           f"p50 {statistics.median(pings) * 1000:.1f} ms, max {max(pings) * 1000:.0f} ms; "
            f"0 errors, 0 daemon restarts (python {sys.version_info.major}.{sys.version_info.minor})")

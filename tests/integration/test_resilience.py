@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,21 +18,28 @@ from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon")]
 MiB = 1 << 20
+LIGHT = ("--estimated_cpu_cores=0.1", "--estimated_mem_bytes=16M")  # side by side with anything else
+
+
+def run(name: str, command: str, *flags: str) -> None:
+    started = babysit("run", f"--name={name}", f"--command={command}", *LIGHT, *flags)
+    assert started.returncode == 0, started.stderr
+
+
+def wait(name: str) -> dict:
+    done = babysit("wait", f"--name={name}", timeout=60)
+    assert done.stdout, done.stderr
+    return json.loads(done.stdout)
 
 
 def status(name: str) -> dict:
     return json.loads(babysit("status", f"--name={name}", "--json").stdout)
 
 
-def daemon_log_since(cursor: str) -> str:
-    return subprocess.run(["journalctl", "--user", "-u", "babysitd", "--after-cursor", cursor, "-o", "cat",
+def daemon_log_since(at: float) -> str:
+    """babysitd's journal from a second before `at` on (journalctl's resolution here is a second)."""
+    return subprocess.run(["journalctl", "--user", "-u", "babysitd", f"--since=@{int(at) - 1}", "-o", "cat",
                            "--no-pager"], capture_output=True, text=True).stdout
-
-
-def journal_cursor() -> str:
-    out = subprocess.run(["journalctl", "--user", "-n", "1", "-o", "json", "--no-pager"], capture_output=True,
-                         text=True).stdout
-    return json.loads(out.splitlines()[-1])["__CURSOR"]
 
 
 def restarts() -> int:
@@ -99,26 +107,23 @@ def fault_points(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_an_error_while_watching_one_task_leaves_the_others_watched(fault_points: Path, task_name: str) -> None:
-    cursor, pid = journal_cursor(), daemon_pid()
+    since, pid = time.time(), daemon_pid()
     faulty, other = f"{task_name}-faulty", f"{task_name}-other"
     (fault_points / "sample_task").write_text(faulty)
-    babysit("run", f"--name={faulty}", "--command=sleep 2")
-    babysit("run", f"--name={other}", "--command=echo on; sleep 60", "--kill_timeout=2s")
-    done = babysit("wait", f"--name={other}", timeout=60)
-    assert json.loads(done.stdout)["kill_reason"] == "timeout"  # still policed, every tick
-    done = babysit("wait", f"--name={faulty}", timeout=60)
-    assert json.loads(done.stdout)["status"] == "completed"  # its end is still seen and judged
+    run(faulty, "sleep 2")
+    run(other, "echo on; sleep 60", "--kill_timeout=2s")
+    assert wait(other)["kill_reason"] == "timeout"  # still policed, every tick
+    assert wait(faulty)["status"] == "completed"  # its end is still seen and judged
     assert daemon_pid() == pid
-    assert f"error while sampling it (task {faulty})" in daemon_log_since(cursor)
+    assert f"error while sampling it (task {faulty})" in daemon_log_since(since)
 
 
 def test_a_supervision_loop_that_dies_restarts_the_daemon(fault_points: Path, task_name: str) -> None:
     before, pid = restarts(), daemon_pid()
-    babysit("run", f"--name={task_name}", "--command=echo on; sleep 4")
-    cursor = journal_cursor()
+    run(task_name, "echo on; sleep 4")
+    since = time.time()
     (fault_points / "sample_loop").write_text("")
     wait_for(lambda: restarts() > before and babysit("ping").returncode == 0, 60, "babysitd restarted by systemd")
     assert daemon_pid() != pid and not (fault_points / "sample_loop").exists()
-    assert "the sampling loop ended" in daemon_log_since(cursor)
-    done = babysit("wait", f"--name={task_name}", timeout=60)
-    assert json.loads(done.stdout)["status"] == "completed"  # taken up by the new daemon
+    assert "the sampling loop ended" in daemon_log_since(since)
+    assert wait(task_name)["status"] == "completed"  # taken up by the new daemon

@@ -41,7 +41,7 @@ def test_names_are_unique_only_among_live_runs(store: Store) -> None:
     store.save(first.with_(state=State.COMPLETED, outcome=Outcome(State.COMPLETED, 0)), at=3.0)
     second = store.add(s, derive_caps(s, HOST), at=4.0)
     assert store.latest("job").id == second.id
-    assert [t.state for t in store.history()] == [State.COMPLETED, State.QUEUED]
+    assert [t.state for batch in store.history() for t in batch] == [State.COMPLETED, State.QUEUED]
     assert [state for _at, state, _ in store.transitions(first)] == ["queued", "completed"]
 
 
