@@ -101,6 +101,9 @@ def run(
     estimated_cpu_cores: float = typer.Option(None, "--estimated_cpu_cores", "--estimated-cpu-cores", help="e.g. 4"),
     cwd: str = typer.Option(None, "--cwd", help="working directory (default: the current one)"),
     force: bool = typer.Option(False, "--force", help="queue it when the host has no room now"),
+    buffering: str = typer.Option(None, "--buffering",
+                                  help="line (default): C/C++ programs' stdout is line-buffered, so their output "
+                                       "shows at once; default: leave buffering to the programs (binary output)"),
 ) -> None:
     """Start a supervised task in the background (non-blocking).
 
@@ -111,7 +114,7 @@ def run(
         "estimated_time": estimated_time, "kill_timeout": kill_timeout,
         "observability_interval": observability_interval, "mem_pct_limit": mem_pct_limit,
         "cpu_pct_limit": cpu_pct_limit, "estimated_mem_bytes": estimated_mem_bytes,
-        "estimated_cpu_cores": estimated_cpu_cores,
+        "estimated_cpu_cores": estimated_cpu_cores, "buffering": buffering,
     })
     queued = call(lambda c: c.submit(spec, force))
     typer.echo(f"queued: {queued}")

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
@@ -88,6 +89,10 @@ class Daemon:
         self.ends_dir = ends_dir  # where units leave their final accounting (see babysit.accounting)
         ends_dir.mkdir(parents=True, exist_ok=True)
         self.record_script = accounting.install_script(ends_dir)
+        self.stdbuf = shutil.which("stdbuf")  # coreutils: line-buffered output for native loggers
+        if not self.stdbuf:
+            advice.append("coreutils' stdbuf is missing, so the output of C/C++ programs in tasks stays "
+                          "block-buffered and may look like a stall; fix: install coreutils")
 
     # --- start-up ---------------------------------------------------------------------------------
 
@@ -129,11 +134,16 @@ class Daemon:
                 continue
             props = await self.unit_properties(unit)
             described = parse_description(props.get("Description", ""))
-            if described is None or unit != unit_name(described.name) or self.store.exists(described.run_id):
+            if described is None or unit != unit_name(described.name):
                 continue
+            recorded = self.store.name_of(described.run_id)
+            if recorded == described.name:
+                continue  # a finished run of ours whose unit was not released yet: release_orphans does that
             try:
+                # keep the run's id unless a newer record took it (its unit's Description names the id)
                 task = self.store.add_running(self.spec_of_unit(described, props), self.caps_of_unit(described, props),
-                                              described.run_id, props.get("ActiveEnterTimestamp", 0) / USEC or time.time())
+                                              None if recorded else described.run_id,
+                                              props.get("ActiveEnterTimestamp", 0) / USEC or time.time())
             except BabysitError as e:
                 log.warning("cannot take up %s, which babysit has no record of: %s", unit, e)
                 continue
@@ -361,7 +371,8 @@ class Daemon:
             cgroup = self.cgroup_of(task)
             stop_post = accounting.stop_post_command(self.record_script, self.record_of(task),
                                                      self.layout.memory_dir(cgroup), self.layout.cpu_files(cgroup))
-            await self.systemd.start_transient_unit(unit, start_properties(task, self.config.stop_grace_s, stop_post))
+            await self.systemd.start_transient_unit(unit, start_properties(task, self.config.stop_grace_s, stop_post,
+                                                                           self.stdbuf))
         except DBusError as e:
             self.watches.pop(unit_path(unit), None)
             await self.record_end(task, Outcome(State.FAILED, detail=f"systemd refused to start it: {e.text}"))
@@ -643,10 +654,10 @@ async def serve() -> None:
     rate_limited = journal.rate_limit_warning(journal.journald_config_texts())
     db, damaged = store.open_or_replace(store.default_path(), time.time())
     advice = [note for note in (rate_limited, damaged) if note]
-    for warning in caps_missing + advice:
-        log.warning("%s", warning)
     daemon = Daemon(systemd, db, read_host(settings), layout, settings, manager_cgroup, caps_missing, advice,
                     store.default_path().parent / "ends")
+    for warning in daemon.warnings:
+        log.warning("%s", warning)
     service = BusService(bus, daemon)
     daemon.publisher = service
     await daemon.start()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from babysit.protocol import KillReason, NameInUse, State
-from babysit.task import Caps, Estimates, Outcome, Task, TaskSpec, Usage
+from babysit.task import Buffering, Caps, Estimates, Outcome, Task, TaskSpec, Usage
 
 LIVE = (State.QUEUED.value, State.RUNNING.value)
 SCHEMA = f"""
@@ -58,7 +58,8 @@ def _task(row: sqlite3.Row) -> Task:
     outcome = json.loads(row["outcome"]) if row["outcome"] else None
     return Task(
         id=row["id"],
-        spec=TaskSpec(**{**spec, "estimates": Estimates(**spec["estimates"])}),
+        spec=TaskSpec(**{**spec, "estimates": Estimates(**spec["estimates"]),
+                         "buffering": Buffering(spec.get("buffering", Buffering.LINE))}),
         caps=Caps(**json.loads(row["caps"])),
         state=State(row["state"]),
         submitted_at=row["submitted_at"],
@@ -131,22 +132,24 @@ class Store:
             raise NameInUse.of(spec.name) from None
         return self.get(task_id)
 
-    def add_running(self, spec: TaskSpec, caps: Caps, run_id: int, started_at: float) -> Task:
-        """A run found running without a record (the records were lost): kept under its own id."""
+    def add_running(self, spec: TaskSpec, caps: Caps, run_id: int | None, started_at: float) -> Task:
+        """A run found running without a record (the records were lost), under its own id where it is free."""
         with self.db:
             self.db.execute("BEGIN")
-            self.db.execute(
+            cursor = self.db.execute(
                 "INSERT INTO tasks (id, name, state, submitted_at, started_at, spec, caps, usage) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, spec.name, State.RUNNING.value, started_at, started_at, json.dumps(asdict(spec)),
                  json.dumps(asdict(caps)), json.dumps(asdict(Usage()))),
             )
             self.db.execute("INSERT INTO transitions (task_id, at, state, detail) VALUES (?, ?, ?, ?)",
-                            (run_id, started_at, State.RUNNING.value, "taken up from its unit without a record"))
-        return self.get(run_id)
+                            (cursor.lastrowid, started_at, State.RUNNING.value, "taken up from its unit without a record"))
+        return self.get(cursor.lastrowid)
 
-    def exists(self, run_id: int) -> bool:
-        return self.db.execute("SELECT 1 FROM tasks WHERE id = ?", (run_id,)).fetchone() is not None
+    def name_of(self, run_id: int) -> str | None:
+        """The task name of a run, if there is a record of it."""
+        row = self.db.execute("SELECT name FROM tasks WHERE id = ?", (run_id,)).fetchone()
+        return row["name"] if row else None
 
     def save(self, task: Task, at: float, detail: str = "") -> Task:
         """Write a run's current record; a change of state is also logged as a transition."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from babysit.protocol import ExceedsCap, InvalidArgument, KillReason, State
@@ -23,6 +24,13 @@ RUNTIME_BACKSTOP_MARGIN_S = 60.0  # RuntimeMaxSec ends a task even without the d
 # systemd's own variables for a unit's processes; copying the caller's would mislead the task
 SYSTEMD_ENV = {"NOTIFY_SOCKET", "INVOCATION_ID", "JOURNAL_STREAM", "LISTEN_PID", "LISTEN_FDS",
                "LISTEN_FDNAMES", "MANAGERPID", "SYSTEMD_EXEC_PID", "WATCHDOG_PID", "WATCHDOG_USEC"}
+
+
+class Buffering(StrEnum):
+    """How the task's C stdio output is buffered: by line (so native loggers are seen), or as the program does."""
+
+    LINE = "line"
+    DEFAULT = "default"
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,7 @@ class TaskSpec:
     mem_pct_limit: float
     cpu_pct_limit: float
     request_id: str = ""  # the client's id for this submission, so a retried Run is not a second task
+    buffering: Buffering = Buffering.LINE
 
 
 def validate_name(name: object) -> str:
@@ -122,7 +131,8 @@ def clean_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 SPEC_FIELDS = {"name", "command", "cwd", "env", "estimated_time", "kill_timeout", "observability_interval",
-               "mem_pct_limit", "cpu_pct_limit", "estimated_mem_bytes", "estimated_cpu_cores", "request_id"}
+               "mem_pct_limit", "cpu_pct_limit", "estimated_mem_bytes", "estimated_cpu_cores", "request_id",
+               "buffering"}
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -154,7 +164,11 @@ def spec_from_wire(wire: Mapping[str, Any], host: Host) -> TaskSpec:
     request_id = _get(wire, "request_id", (str,), "")
     if request_id and not REQUEST_ID.fullmatch(request_id):
         raise InvalidArgument("request_id must be 1 to 64 letters, digits, '-' or '_'")
-    return TaskSpec(name, command, cwd, clean_env(env), estimates, mem_pct, cpu_pct, request_id)
+    buffering = _get(wire, "buffering", (str,), Buffering.LINE)
+    if buffering not in set(Buffering):
+        raise InvalidArgument(f"buffering must be one of {', '.join(Buffering)}, not {buffering!r}")
+    return TaskSpec(name, command, cwd, clean_env(env), estimates, mem_pct, cpu_pct, request_id,
+                    Buffering(buffering))
 
 
 def spec_to_wire(spec: TaskSpec) -> dict[str, Any]:
@@ -164,7 +178,7 @@ def spec_to_wire(spec: TaskSpec) -> dict[str, Any]:
         "estimated_time": e.time_s, "kill_timeout": e.kill_timeout_s,
         "observability_interval": e.observability_interval_s, "mem_pct_limit": spec.mem_pct_limit,
         "cpu_pct_limit": spec.cpu_pct_limit, "estimated_mem_bytes": e.mem_bytes,
-        "estimated_cpu_cores": e.cpu_cores, "request_id": spec.request_id,
+        "estimated_cpu_cores": e.cpu_cores, "request_id": spec.request_id, "buffering": str(spec.buffering),
     }
 
 

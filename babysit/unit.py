@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from babysit.protocol import SLICE
-from babysit.task import Caps, Task
+from babysit.task import Buffering, Caps, Task, TaskSpec
 
 USEC = 1_000_000
 
@@ -56,12 +56,26 @@ def no_expansion(word: str) -> str:
     return word.replace("$", "$$")
 
 
-def start_properties(task: Task, stop_grace_s: float, stop_post: tuple[str, list[str], bool]) -> dict[str, Any]:
+def exec_start(spec: TaskSpec, stdbuf: str | None) -> tuple[str, list[str], bool]:
+    """`bash -c CMD`, behind coreutils' stdbuf unless the task wants its programs' own buffering.
+
+    C stdio block-buffers a pipe, so a native logger (LightGBM, XGBoost, most C/C++ tools) would look
+    silent for minutes and be killed as stalled; stdbuf preloads a library that makes stdout of every
+    dynamically linked program the task starts line-buffered. It execs bash: the main process is the same.
+    """
+    bash = ["/bin/bash", "-c", no_expansion(spec.command)]
+    if spec.buffering == Buffering.LINE and stdbuf:
+        return (stdbuf, [stdbuf, "-oL", *bash], False)
+    return ("/bin/bash", bash, False)
+
+
+def start_properties(task: Task, stop_grace_s: float, stop_post: tuple[str, list[str], bool],
+                     stdbuf: str | None) -> dict[str, Any]:
     """Everything StartTransientUnit sets for a task (SPEC 'Caps applied to each unit')."""
     spec = task.spec
     return {
         "Description": description(task),
-        "ExecStart": [("/bin/bash", ["/bin/bash", "-c", no_expansion(spec.command)], False)],
+        "ExecStart": [exec_start(spec, stdbuf)],
         "WorkingDirectory": spec.cwd,
         "Environment": [f"{k}={v}" for k, v in spec.env.items()],
         "Slice": SLICE,

@@ -39,5 +39,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if TIER_SECONDS:
-        figures = ", ".join(f"{tier} {seconds:.1f} s" for tier, seconds in sorted(TIER_SECONDS.items()))
+        figures = ", ".join(f"{tier} {seconds:.1f} s" for tier, seconds in sorted(TIER_SECONDS.items())
+                            if seconds >= 0.05)  # a tier that was only skipped here
         terminalreporter.write_line(f"time per tier: {figures}")

@@ -136,6 +136,11 @@ def test_a_damaged_database_is_moved_aside_and_replaced(tmp_path: Path) -> None:
     assert (tmp_path / "babysit.sqlite3.damaged-19700101T000000Z").read_bytes().startswith(b"this is not")
     task = db.add(make_spec("fresh"), make_task().caps, 1.0)
     assert db.latest("fresh") == task
+    # a unit found running without a record keeps its run's id where it is free, and gets a new one otherwise
+    kept = db.add_running(make_spec("found"), make_task().caps, 42, 5.0)
+    moved = db.add_running(make_spec("other"), make_task().caps, None, 6.0)
+    assert (kept.id, kept.state, kept.started_at, db.name_of(42)) == (42, State.RUNNING, 5.0, "found")
+    assert moved.id == 43 and db.name_of(7) is None
     db.close()
     again, warning = store.open_or_replace(path, 1.0)
     assert warning is None and again.latest("fresh") is not None

@@ -71,3 +71,18 @@ def test_environment_drops_systemd_variables() -> None:
 def test_wire_round_trip() -> None:
     s = spec(estimated_mem_bytes="1G", estimated_time="2h", cwd="/tmp")
     assert spec_from_wire(spec_to_wire(s), SMALL) == s
+
+
+def test_task_output_is_line_buffered_unless_asked_not_to() -> None:
+    from babysit.task import Buffering
+    from babysit.unit import exec_start
+
+    line = spec(command="echo $HOME")
+    plain = spec(command="echo $HOME", buffering="default")
+    assert line.buffering == Buffering.LINE and plain.buffering == Buffering.DEFAULT
+    assert exec_start(line, "/usr/bin/stdbuf") == ("/usr/bin/stdbuf", ["/usr/bin/stdbuf", "-oL", "/bin/bash", "-c",
+                                                                       "echo $$HOME"], False)
+    assert exec_start(plain, "/usr/bin/stdbuf") == ("/bin/bash", ["/bin/bash", "-c", "echo $$HOME"], False)
+    assert exec_start(line, None)[0] == "/bin/bash"  # no stdbuf on this host: as before (ping warns)
+    with pytest.raises(InvalidArgument, match="buffering must be one of line, default"):
+        spec(buffering="full")
