@@ -376,11 +376,16 @@ def skill_install(
     directory: Path = typer.Option(Path.home() / ".claude" / "skills" / "babysit", "--dir",
                                    help="where to put SKILL.md and the hook"),
 ) -> None:
-    """Install SKILL.md and the no-sleep hook. Example: babysit skill install --dir=.claude/skills/babysit"""
-    from babysit.skill import install
+    """Install SKILL.md and the no-sleep hook; says how Claude Code finds them. Safe to repeat.
 
-    for path in install(directory.expanduser()):
-        typer.echo(f"installed {path}")
+    Example: babysit skill install --dir=.claude/skills/babysit
+    """
+    from babysit.skill import install, notes
+
+    for written in install(directory):
+        typer.echo(f"{'installed' if written.changed else 'unchanged'} {written.path}")
+    for line in notes(directory, Path.home()):
+        typer.echo(line)
 
 
 def main() -> None:

@@ -36,7 +36,9 @@ from babysit.systemd import SERVICE, UNIT, Systemd, UnitChange, unit_path
 from babysit.task import (
     RUNTIME_BACKSTOP_MARGIN_S, Caps, Host, Outcome, Task, TaskSpec, Usage, derive_caps, spec_from_wire, spec_to_wire,
 )
-from babysit.unit import USEC, Described, cap_properties, description, parse_description, start_properties
+from babysit.unit import (
+    USEC, Described, cap_properties, description, parse_description, start_properties, unit_command,
+)
 
 log = logging.getLogger("babysitd")
 ACTIVE_STATES = ("activating", "active", "deactivating", "reloading")
@@ -154,8 +156,7 @@ class Daemon:
 
     def spec_of_unit(self, described: Described, props: Mapping[str, Any]) -> TaskSpec:
         """A task's spec, read back from its unit: the command, directory and environment systemd has."""
-        command = next((argv[2] for _path, argv, *_ in props.get("ExecStart", []) if len(argv) > 2), "")
-        command = command.replace("$$", "$")  # as systemd runs it (see unit.no_expansion)
+        command = next((unit_command(argv) for _path, argv, *_ in props.get("ExecStart", [])), "")
         f = described.fields
         wire = {"name": described.name, "command": command, "cwd": props.get("WorkingDirectory") or "~",
                 "env": dict(v.split("=", 1) for v in props.get("Environment", []) if "=" in v),

@@ -69,6 +69,12 @@ def exec_start(spec: TaskSpec, stdbuf: str | None) -> tuple[str, list[str], bool
     return ("/bin/bash", bash, False)
 
 
+def unit_command(argv: list[str]) -> str:
+    """The task's shell command, read back from its unit's ExecStart (the inverse of `exec_start`)."""
+    after = argv.index("-c") + 1 if "-c" in argv else len(argv)
+    return argv[after].replace("$$", "$") if after < len(argv) else ""
+
+
 def start_properties(task: Task, stop_grace_s: float, stop_post: tuple[str, list[str], bool],
                      stdbuf: str | None) -> dict[str, Any]:
     """Everything StartTransientUnit sets for a task (SPEC 'Caps applied to each unit')."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from babysit import failpoints
+from babysit.protocol import unit_name
 from babysit.store import default_path
 from tests.integration.conftest import babysit, daemon_config, daemon_pid, restart_daemon, systemctl_show
 from tests.waiting import wait_for
@@ -46,7 +47,15 @@ def restarts() -> int:
     return int(systemctl_show("babysitd.service", "NRestarts")["NRestarts"])
 
 
-def test_a_damaged_database_is_set_aside_and_running_tasks_are_taken_up(task_name: str) -> None:
+@pytest.fixture
+def stopped_afterwards(task_name: str) -> Iterator[str]:
+    """A task name whose unit is stopped after the test, whatever babysitd knows of it by then."""
+    yield task_name
+    subprocess.run(["systemctl", "--user", "stop", unit_name(task_name)], capture_output=True)
+
+
+def test_a_damaged_database_is_set_aside_and_running_tasks_are_taken_up(stopped_afterwards: str) -> None:
+    task_name = stopped_afterwards
     started = babysit("run", f"--name={task_name}", "--command=echo up; sleep 120", "--estimated_mem_bytes=100M",
                       "--estimated_cpu_cores=0.5", "--observability_interval=1h", "--estimated_time=30m")
     assert started.returncode == 0, started.stderr

@@ -37,11 +37,23 @@ def test_a_usage_error_exits_2() -> None:
     assert CliRunner().invoke(app, ["run", "--name=x"]).exit_code == 2  # no --command
 
 
-def test_skill_install(tmp_path: Path) -> None:
-    target = tmp_path / "skills" / "babysit"
-    result = CliRunner().invoke(app, ["skill", "install", f"--dir={target}"])
-    assert result.exit_code == 0, result.output
+def test_skill_install_says_where_each_file_went_and_installing_twice_changes_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "project" / ".claude" / "skills" / "babysit"
     skill, hook = target / "SKILL.md", target / "no-sleep-babysit.sh"
+    first = CliRunner().invoke(app, ["skill", "install", f"--dir={target}"])
+    assert first.exit_code == 0, first.output
+    installed = skill.read_bytes(), hook.read_bytes()
+    second = CliRunner().invoke(app, ["skill", "install", f"--dir={target}"])
+    assert second.exit_code == 0, second.output
+    assert (skill.read_bytes(), hook.read_bytes()) == installed
+
+    for result, verb in ((first, "installed"), (second, "unchanged")):
+        lines = result.output.splitlines()
+        assert lines[:2] == [f"{verb} {skill}", f"{verb} {hook}"]
+        assert f"Claude Code loads it as the skill 'babysit' in the project {tmp_path / 'project'}" in lines[2]
+        assert lines[3] == f'Hook (PreToolUse, matcher Bash) in SKILL.md\'s frontmatter: command: "{hook}"'
+        assert "does not expand ${CLAUDE_SKILL_DIR} in hook commands" in lines[4]
+
     assert os.access(hook, os.X_OK)
     front = skill.read_text().split("---")[1]
     for key in ("name: babysit", "description:", "allowed-tools:", "PreToolUse:", f'command: "{hook}"'):
@@ -49,3 +61,14 @@ def test_skill_install(tmp_path: Path) -> None:
     payload = {"tool_name": "Bash", "tool_input": {"command": "sleep 60 && babysit log --name=x"}}
     blocked = subprocess.run([str(hook)], input=json.dumps(payload), capture_output=True, text=True, timeout=5)
     assert blocked.returncode == 2 and "babysit wait --name=x" in blocked.stderr
+
+
+def test_skill_install_quotes_a_hook_path_with_spaces_for_the_shell(tmp_path: Path) -> None:
+    target = tmp_path / "my projects" / ".claude" / "skills" / "babysit"
+    assert CliRunner().invoke(app, ["skill", "install", f"--dir={target}"]).exit_code == 0
+    command = f"'{target / 'no-sleep-babysit.sh'}'"  # one shell word: Claude Code runs hook commands in a shell
+    assert f'command: "{command}"' in (target / "SKILL.md").read_text()
+    payload = {"tool_name": "Bash", "tool_input": {"command": "sleep 5; babysit status --name=x"}}
+    blocked = subprocess.run(["bash", "-c", command], input=json.dumps(payload), capture_output=True, text=True,
+                             timeout=5)
+    assert blocked.returncode == 2

@@ -75,7 +75,7 @@ def test_wire_round_trip() -> None:
 
 def test_task_output_is_line_buffered_unless_asked_not_to() -> None:
     from babysit.task import Buffering
-    from babysit.unit import exec_start
+    from babysit.unit import exec_start, unit_command
 
     line = spec(command="echo $HOME")
     plain = spec(command="echo $HOME", buffering="default")
@@ -84,5 +84,6 @@ def test_task_output_is_line_buffered_unless_asked_not_to() -> None:
                                                                        "echo $$HOME"], False)
     assert exec_start(plain, "/usr/bin/stdbuf") == ("/bin/bash", ["/bin/bash", "-c", "echo $$HOME"], False)
     assert exec_start(line, None)[0] == "/bin/bash"  # no stdbuf on this host: as before (ping warns)
+    assert unit_command(exec_start(line, "/usr/bin/stdbuf")[1]) == unit_command(exec_start(plain, None)[1]) == "echo $HOME"
     with pytest.raises(InvalidArgument, match="buffering must be one of line, default"):
         spec(buffering="full")
