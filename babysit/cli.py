@@ -165,8 +165,7 @@ class StatusLine:
         text = (f"{self.name}: {r.get('status', 'running')}  {format_duration(max(elapsed, 0))}/"
                 f"{format_duration(r['estimated_time_s'])}  mem {format_size(r.get('mem_bytes', 0))}/"
                 f"{format_size(r.get('peak_mem_bytes'))}/{format_size(r['estimated_mem_bytes'])}  "
-                f"cpu {r.get('cpu_cores', 0):.1f}/{r['estimated_cpu_cores']:g}  "
-                f"silent {r.get('silent_s', 0):.0f}s")
+                f"cpu {r.get('cpu_cores', 0):.1f}/{r['estimated_cpu_cores']:g}")
         sys.stderr.write("\r\033[K" + text)
         sys.stderr.flush()
 

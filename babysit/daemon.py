@@ -61,7 +61,15 @@ class Watch:
     props: dict[str, Any] = field(default_factory=dict)
     seen_active: bool = False
     cpu_mark: tuple[float, int] | None = None  # (monotonic time, CPU ns) of the window's start
-    last_output: float = field(default_factory=time.monotonic)
+    last_output_at: float = 0.0  # epoch seconds of its newest line that babysit has seen (or its start)
+    output_asked_at: float = -1e9  # when journald was last asked about it (monotonic)
+    timeout_timer: asyncio.TimerHandle | None = None  # its kill_timeout
+    stall_timer: asyncio.TimerHandle | None = None  # its next stall check
+
+    def disarm(self) -> None:
+        for timer in (self.timeout_timer, self.stall_timer):
+            if timer:
+                timer.cancel()
     policy: policy.Memory = field(default_factory=policy.Memory)
     oom_kills: int = 0  # cgroup v1 evidence of the OOM killer, as last sampled
     failcnt: int = 0
@@ -92,6 +100,7 @@ class Daemon:
         ends_dir.mkdir(parents=True, exist_ok=True)
         self.record_script = accounting.install_script(ends_dir)
         self.stdbuf = shutil.which("stdbuf")  # coreutils: line-buffered output for native loggers
+        self.last_output = journal.LastOutput()
         if not self.stdbuf:
             advice.append("coreutils' stdbuf is missing, so the output of C/C++ programs in tasks stays "
                           "block-buffered and may look like a stall; fix: install coreutils")
@@ -197,6 +206,8 @@ class Daemon:
             self.arm_oom_notifier(task, watch)
         if has_ended(watch.props, started=True):
             await self.finish(task)
+            return
+        self.arm_deadlines(task, watch)
         log.info("adopted running task %s", task.name)
 
     async def release_orphans(self) -> None:
@@ -261,13 +272,16 @@ class Daemon:
             # the Description carries the estimates, for a daemon that has to take the unit up without records
             await self.systemd.set_unit_properties(unit_name(name), cap_properties(caps)
                                                    | {"Description": description(adjusted)})
-        self.save(task.with_(spec=spec, caps=caps))
+        task = self.save(task.with_(spec=spec, caps=caps))
+        watch = self.watches.get(unit_path(unit_name(name)))
+        if task.state == State.RUNNING and watch:
+            self.arm_deadlines(task, watch)
         await self.drain()
 
     def status(self, name: str) -> dict[str, Any]:
         return self.describe([self.latest(name)])[0]
 
-    async def list(self, include_terminal: bool, batch: int = 100) -> AsyncIterator[list[dict[str, Any]]]:
+    async def list(self, include_terminal: bool, batch: int = 50) -> AsyncIterator[list[dict[str, Any]]]:
         """Tasks' status in batches, letting other clients in between: a long history is a long reply."""
         batches = self.store.history(batch) if include_terminal else [list(self.tasks.values())]
         for tasks in batches:
@@ -285,7 +299,11 @@ class Daemon:
         free, running = free_mem_bytes(), self.reservations()
         described = []
         for task in tasks:
-            status = report.status(task, now)
+            watch = self.watches.get(unit_path(unit_name(task.name)))
+            if task.state == State.RUNNING and watch and time.monotonic() - watch.output_asked_at > 1.0:
+                self.note_output(task, watch)  # computed when asked (once a second at most, for long lists)
+            status = report.status(task, now, now - watch.last_output_at if task.state == State.RUNNING and watch
+                                   else None)
             if task.state == State.QUEUED:
                 ahead = queue[: position.get(task.name, 0)]
                 decision = decide(self.host, free, running, task.spec.estimates.mem_bytes,
@@ -378,7 +396,9 @@ class Daemon:
             self.watches.pop(unit_path(unit), None)
             await self.record_end(task, Outcome(State.FAILED, detail=f"systemd refused to start it: {e.text}"))
             return
-        self.save(task.with_(state=State.RUNNING, started_at=time.time()))
+        task = self.save(task.with_(state=State.RUNNING, started_at=time.time()))
+        if watch := self.watches.get(unit_path(unit)):  # unless it is already over
+            self.arm_deadlines(task, watch)
 
     def on_unit_change(self, change: UnitChange) -> None:
         """systemd's signal for one unit: note it, and finish the task once its command is over."""
@@ -422,6 +442,7 @@ class Daemon:
         try:
             unit = unit_name(task.name)
             watch = self.watches.pop(unit_path(unit), Watch(task.id))
+            watch.disarm()
             try:
                 props = {**watch.props, **await self.unit_properties(unit)}
             except DBusError:
@@ -529,12 +550,10 @@ class Daemon:
             peak_mem_bytes=max(task.usage.peak_mem_bytes or 0, sample.mem_bytes, sample.peak_mem_bytes or 0),
             cpu_seconds=max(task.usage.cpu_seconds or 0.0, sample.cpu_ns / 1e9),
             cpu_cores=cores,
-            silent_s=now - watch.last_output,
         )
-        if usage != task.usage:
+        if usage != task.usage:  # a quiet task costs no write and no signal
             task = task.with_(usage=usage)
             self.tasks[task.name] = task
-            self.store.save_usage(task)
             self.publish(task)
         return task
 
@@ -543,8 +562,7 @@ class Daemon:
         if task.kill_requested or task.started_at is None:
             return
         u = task.usage
-        observation = policy.Observation(time.monotonic(), time.time() - task.started_at, u.mem_bytes, u.cpu_cores,
-                                         u.silent_s)
+        observation = policy.Observation(time.monotonic(), time.time() - task.started_at, u.mem_bytes, u.cpu_cores)
         verdict = policy.evaluate(observation, task.spec.estimates, watch.policy, self.config.tolerance_s)
         watch.policy = verdict.memory
         for risk in verdict.risks:
@@ -552,27 +570,56 @@ class Daemon:
             self.store.add_event(task, "runaway_risk", {k: v for k, v in event.items() if k != "event"}, time.time())
             if self.publisher:
                 self.publisher.runaway_risk(task, event)
-        if verdict.kill == KillReason.OBSERVABILITY_STALL and await self.printed_lately(task, watch):
-            return
         if verdict.kill:
             log.info("stopping %s: %s", task.name, verdict.kill)
             await self.stop(task, verdict.kill)
 
-    async def printed_lately(self, task: Task, watch: Watch) -> bool:
-        """Before a stall kill, ask journald itself: the follower can miss lines (journald restarting)."""
-        written = await journal.last_line_at(unit_name(task.name))
-        silent = time.time() - written if written else None
-        if silent is None or silent >= task.spec.estimates.observability_interval_s:
-            return False
-        log.warning("%s printed %.1fs ago, which the journal follower missed; not a stall", task.name, silent)
-        watch.last_output = time.monotonic() - silent
-        return True
+    # --- deadlines: kill_timeout and stalls, as timers ----------------------------------------------
 
-    def on_output(self, unit: str) -> None:
-        """A task printed a line (from the journal follower)."""
-        watch = self.watches.get(unit_path(unit))
-        if watch:
-            watch.last_output = time.monotonic()
+    def arm_deadlines(self, task: Task, watch: Watch) -> None:
+        """The task's kill_timeout and its next stall check: exact timers, and no work in between."""
+        watch.disarm()
+        loop, now, e = asyncio.get_running_loop(), time.time(), task.spec.estimates
+        started = task.started_at or now
+        watch.last_output_at = max(watch.last_output_at, started)
+        watch.timeout_timer = loop.call_later(max(0.0, started + e.kill_timeout_s - now), self.on_timeout, task.id)
+        watch.stall_timer = loop.call_later(max(0.0, watch.last_output_at + e.observability_interval_s - now),
+                                            self.on_stall_check, task.id)
+
+    def running_watch(self, task_id: int) -> tuple[Task, Watch] | None:
+        task = self.by_id(task_id)
+        watch = self.watches.get(unit_path(unit_name(task.name))) if task else None
+        if task is None or watch is None or task.state != State.RUNNING or task.kill_requested:
+            return None
+        return task, watch
+
+    def on_timeout(self, task_id: int) -> None:
+        if found := self.running_watch(task_id):
+            log.info("stopping %s: %s", found[0].name, KillReason.TIMEOUT)
+            self.background(self.stop(found[0], KillReason.TIMEOUT), f"stopping {found[0].name}")
+
+    def on_stall_check(self, task_id: int) -> None:
+        """At the stall deadline, ask journald when the task last wrote; stop it, or check again later."""
+        found = self.running_watch(task_id)
+        if found is None:
+            return
+        task, watch = found
+        with self.isolated(task, "checking it for a stall"):
+            self.note_output(task, watch)
+            interval = task.spec.estimates.observability_interval_s
+            if policy.stalled(watch.last_output_at, time.time(), interval):
+                log.info("stopping %s: %s", task.name, KillReason.OBSERVABILITY_STALL)
+                self.background(self.stop(task, KillReason.OBSERVABILITY_STALL), f"stopping {task.name}")
+                return
+        watch.stall_timer = asyncio.get_running_loop().call_later(
+            max(0.0, watch.last_output_at + interval - time.time()), self.on_stall_check, task.id)
+
+    def note_output(self, task: Task, watch: Watch) -> None:
+        """What journald says of the task's newest line."""
+        written = self.last_output.at(unit_name(task.name))
+        watch.output_asked_at = time.monotonic()
+        if written:
+            watch.last_output_at = max(watch.last_output_at, written)
 
     def pressure_threshold(self) -> int:
         if self.config.pressure_free_bytes:
@@ -665,8 +712,7 @@ async def serve() -> None:
     await service.export()  # the name last: D-Bus activation callers only get a ready daemon
     loop = asyncio.get_running_loop()
     supervision = {loop.create_task(work): name for work, name in (
-        (daemon.sample_forever(), "sampling"), (daemon.recheck_forever(), "queue re-check"),
-        (journal.follow(daemon.on_output), "journal follower"))}
+        (daemon.sample_forever(), "sampling"), (daemon.recheck_forever(), "queue re-check"))}
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

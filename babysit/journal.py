@@ -1,18 +1,20 @@
-"""One journal follower for all babysit units: when each task last printed a line."""
+"""journald, as babysit needs it: when a task last wrote a line, and whether journald keeps every line.
+
+A stall decision needs one fact, "when did this unit last write", and journald already keeps it: the
+unit's newest entry. babysitd asks at the deadline, through the journal API (sd-journal, from
+libsystemd), instead of reading every line a task prints.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import ctypes
 import json
 import logging
 import re
-from collections.abc import Callable
+import subprocess
 from pathlib import Path
 
-from babysit.protocol import DAEMON_UNIT, UNIT_PREFIX
-
 log = logging.getLogger("babysitd")
-ARGV = ["journalctl", "--user", "--follow", "--lines=0", "--output=json", "--output-fields=_SYSTEMD_USER_UNIT"]
 
 
 ZERO = re.compile(r"0+(\.0+)?\s*[a-z]*")  # a duration or count of zero, with or without its unit
@@ -60,43 +62,58 @@ def journald_config_texts() -> list[str]:
     return [f.read_text(errors="replace") for f in files if f.is_file()]
 
 
-def task_unit_of(line: str) -> str | None:
-    """The babysit task unit that wrote a journal entry (one line of journalctl's JSON), if any."""
-    try:
-        unit = json.loads(line).get("_SYSTEMD_USER_UNIT")
-    except (json.JSONDecodeError, AttributeError):
-        return None
-    if isinstance(unit, str) and unit.startswith(UNIT_PREFIX) and unit != DAEMON_UNIT:
-        return unit
-    return None
+SD_JOURNAL_LOCAL_ONLY, SD_JOURNAL_CURRENT_USER = 1, 8  # sd_journal_open(3)
 
 
-async def last_line_at(unit: str) -> float | None:
-    """When the unit's latest journal entry was written (epoch seconds), read from journald itself."""
-    process = await asyncio.create_subprocess_exec(
-        "journalctl", "--user", f"_SYSTEMD_USER_UNIT={unit}", "--lines=1", "--output=json",
-        "--output-fields=_SYSTEMD_USER_UNIT", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    out, _ = await process.communicate()
+class LastOutput:
+    """When a unit last wrote to the journal: one open sd-journal handle, a query per question (microseconds).
+
+    Where libsystemd cannot be loaded, `journalctl -n 1` answers the same question more slowly.
+    """
+
+    def __init__(self) -> None:
+        self.handle = ctypes.c_void_p()
+        try:
+            self.lib: ctypes.CDLL | None = ctypes.CDLL("libsystemd.so.0")
+            if self.lib.sd_journal_open(ctypes.byref(self.handle), SD_JOURNAL_LOCAL_ONLY | SD_JOURNAL_CURRENT_USER) < 0:
+                raise OSError("sd_journal_open failed")
+            # sets up the inotify watch through which sd_journal_process() learns of new journal files (the
+            # user's own file may not exist yet; journald rotates and restarts)
+            if self.lib.sd_journal_get_fd(self.handle) < 0:
+                raise OSError("sd_journal_get_fd failed")
+        except (OSError, AttributeError) as e:
+            log.warning("reading the journal through journalctl instead of libsystemd (%s)", e)
+            self.lib = None
+
+    def at(self, unit: str) -> float | None:
+        """Epoch seconds of the unit's newest journal entry, or None if it has none."""
+        if self.lib is None:
+            return last_line_at(unit)
+        lib, j = self.lib, self.handle
+        lib.sd_journal_process(j)  # notices journal files that were added or rotated, e.g. by a restart
+        lib.sd_journal_flush_matches(j)
+        match = f"_SYSTEMD_USER_UNIT={unit}".encode()
+        if lib.sd_journal_add_match(j, match, ctypes.c_size_t(len(match))) < 0:
+            return None
+        lib.sd_journal_seek_tail(j)
+        if lib.sd_journal_previous(j) <= 0:
+            return None
+        usec = ctypes.c_uint64()
+        if lib.sd_journal_get_realtime_usec(j, ctypes.byref(usec)) < 0:
+            return None
+        return usec.value / 1e6
+
+    def close(self) -> None:
+        if self.lib is not None:
+            self.lib.sd_journal_close(self.handle)
+            self.lib = None
+
+
+def last_line_at(unit: str) -> float | None:
+    """The same answer from journalctl, for hosts without libsystemd."""
+    out = subprocess.run(["journalctl", "--user", f"_SYSTEMD_USER_UNIT={unit}", "--lines=1", "--output=json",
+                          "--output-fields=_SYSTEMD_USER_UNIT"], capture_output=True, text=True).stdout
     try:
         return int(json.loads(out.splitlines()[-1])["__REALTIME_TIMESTAMP"]) / 1e6
     except (IndexError, KeyError, ValueError, json.JSONDecodeError):
         return None
-
-
-async def follow(on_output: Callable[[str], None], restart_delay_s: float = 1.0) -> None:
-    """Call `on_output(unit)` for every line a task prints; journalctl is restarted if it ends."""
-    while True:
-        process = await asyncio.create_subprocess_exec(*ARGV, stdout=asyncio.subprocess.PIPE,
-                                                       stderr=asyncio.subprocess.DEVNULL)
-        assert process.stdout is not None
-        try:
-            async for raw in process.stdout:
-                unit = task_unit_of(raw.decode(errors="replace"))
-                if unit:
-                    on_output(unit)
-        finally:
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
-        log.warning("the journal follower ended (status %s); restarting it", process.returncode)
-        await asyncio.sleep(restart_delay_s)  # journald itself may be restarting

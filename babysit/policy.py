@@ -19,7 +19,6 @@ class Observation:
     elapsed_s: float
     mem_bytes: int
     cpu_cores: float
-    silent_s: float  # since its last line of output
 
 
 @dataclass(frozen=True)
@@ -54,9 +53,14 @@ def actuals(obs: Observation, est: Estimates) -> dict[str, tuple[float, float]]:
             "cpu": (obs.cpu_cores, est.cpu_cores)}
 
 
+def stalled(last_output_at: float, now: float, interval_s: float) -> bool:
+    """Silent for its whole observability interval: no line since `last_output_at` (or its start)."""
+    return now - last_output_at >= interval_s
+
+
 def evaluate(obs: Observation, est: Estimates, memory: Memory, tolerance_s: float) -> Verdict:
     """Warn the first time each estimate is exceeded; stop a task that is 2x over for the whole
-    tolerance window, silent for its observability interval, or past its kill_timeout."""
+    tolerance window. (kill_timeout and stalls are deadlines, not samples: see `stalled`.)"""
     figures = actuals(obs, est)
     risks = tuple(RunawayRisk(dim, actual, estimate) for dim, (actual, estimate) in figures.items()
                   if actual > estimate and dim not in memory.warned)
@@ -70,10 +74,6 @@ def evaluate(obs: Observation, est: Estimates, memory: Memory, tolerance_s: floa
                 kill = reason
         else:
             since.pop(dim, None)  # a burst shorter than the window is forgiven
-    if obs.elapsed_s >= est.kill_timeout_s:
-        kill = KillReason.TIMEOUT
-    elif obs.silent_s >= est.observability_interval_s and kill is None:
-        kill = KillReason.OBSERVABILITY_STALL
     memory = replace(memory, warned=memory.warned | {r.dim for r in risks}, over_2x_since=since)
     return Verdict(memory, risks, kill)
 

@@ -60,15 +60,16 @@ def result(task: Task, now: float) -> dict[str, Any]:
     return report
 
 
-def status(task: Task, now: float) -> dict[str, Any]:
-    """Everything known about a run: the result fields plus the spec and the usage now."""
+def status(task: Task, now: float, silent_s: float | None = None) -> dict[str, Any]:
+    """Everything known about a run: the result fields plus the spec and the usage now (and, while it runs,
+    how long since its last line of output)."""
     return result(task, now) | {
         "command": task.spec.command,
         "cwd": task.spec.cwd,
         "submitted_at": timestamp(task.submitted_at),
         "mem_bytes": task.usage.mem_bytes,
         "cpu_cores": round(task.usage.cpu_cores, 3),
-        "silent_s": round(task.usage.silent_s, 1),
+        "silent_s": None if silent_s is None else round(silent_s, 1),
     }
 
 

@@ -131,8 +131,9 @@ class TaskInterface(ServiceInterface):
         return {
             "Name": task.name,
             "State": str(task.state),
+            # no silent_s: it changes every moment, and Status computes it when asked
             "Usage": to_dict({"mem_bytes": u.mem_bytes, "peak_mem_bytes": u.peak_mem_bytes,
-                              "cpu_seconds": u.cpu_seconds, "cpu_cores": u.cpu_cores, "silent_s": u.silent_s}),
+                              "cpu_seconds": u.cpu_seconds, "cpu_cores": u.cpu_cores}),
             "Result": to_dict(report.result(task, time.time())) if task.state.terminal else {},
         }
 

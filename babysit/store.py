@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
+USAGE_FIELDS = {f.name for f in fields(Usage)}  # older records also kept silent_s
+
+
 def default_path() -> Path:
     state_home = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(state_home, "babysit", "babysit.sqlite3")
@@ -71,7 +74,7 @@ def _task(row: sqlite3.Row) -> Task:
             "state": State(outcome["state"]),
             "kill_reason": KillReason(outcome["kill_reason"]) if outcome["kill_reason"] else None,
         }) if outcome else None,
-        usage=Usage(**json.loads(row["usage"])),
+        usage=Usage(**{k: v for k, v in json.loads(row["usage"]).items() if k in USAGE_FIELDS}),
     )
 
 
@@ -168,10 +171,6 @@ class Store:
                 self.db.execute("INSERT INTO transitions (task_id, at, state, detail) VALUES (?, ?, ?, ?)",
                                 (task.id, at, task.state.value, detail))
         return task
-
-    def save_usage(self, task: Task) -> None:
-        """Samples change often: only the usage column, no transition."""
-        self.db.execute("UPDATE tasks SET usage=? WHERE id=?", (json.dumps(asdict(task.usage)), task.id))
 
     def get(self, task_id: int) -> Task:
         return _task(self.db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone())

@@ -216,7 +216,6 @@ class Usage:
     peak_mem_bytes: int | None = None  # the kernel's high-water mark; None until measured
     cpu_seconds: float | None = None  # the kernel's CPU total; None until measured
     cpu_cores: float = 0.0
-    silent_s: float = 0.0  # since the last line of output
 
 
 @dataclass(frozen=True)

@@ -212,6 +212,20 @@ async def daemon_cost(client: Client, seconds: float, tasks: int) -> list[Row]:
     ]
 
 
+async def flood_cost(client: Client, seconds: float) -> list[Row]:
+    """babysitd's CPU while one task prints as fast as it can: stall detection must not read the lines."""
+    cpu_before, _ = daemon_usage()
+    await asyncio.sleep(seconds)
+    idle_cpu = daemon_usage()[0] - cpu_before
+    name = f"flood-{uuid.uuid4().hex[:6]}"
+    flood = f"timeout {seconds:g} /usr/bin/python3 -u -c 'import itertools\nfor i in itertools.count(): print(i)'"
+    cpu_before, _ = daemon_usage()
+    await client.call("Run", "a{sv}b", [spec(name, f"{flood}; true"), True])
+    await until_all(client, [name], lambda s: s.terminal, seconds + 60)
+    busy_cpu = daemon_usage()[0] - cpu_before
+    return [Row(f"babysitd CPU, a task printing flat out for {seconds:g} s", busy_cpu, idle_cpu, "idle, no task", "s")]
+
+
 async def until_all(client: Client, names: list[str], done: Callable[[State], bool], timeout: float) -> None:
     wanted, deadline = set(names), time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -272,6 +286,7 @@ async def main(quick: bool) -> None:
         ("exit -> return", lambda: exit_to_return(signals, 3 if quick else 8)),
         ("throughput", lambda: throughput(client, 60 if quick else 300)),
         ("daemon cost", lambda: daemon_cost(client, 10 if quick else 60, 100)),
+        ("flood cost", lambda: flood_cost(client, 5 if quick else 10)),
     ]
     rows: list[Row] = []
     cold, imports = cold_start(5 if quick else 15)

@@ -53,10 +53,10 @@ def stopped_units(stderr: str) -> set[str]:
     return set(line.split("stopped ", 1)[1].split(";")[0].split(", "))
 
 
-def in_private_session(script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def in_private_session(script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """A bash script run as the test user in a fresh private session; the host is checked clean after."""
     done = subprocess.run([sys.executable, str(RUNNER), "--timeout", str(timeout), "--", "bash", "-c",
-                           PRELUDE + script], capture_output=True, text=True, timeout=timeout + 60)
+                           PRELUDE + script], capture_output=True, text=True, timeout=timeout + 30)
     assert "host clean" in done.stderr, done.stdout + done.stderr
     return done
 

@@ -182,7 +182,9 @@ def run_direct(command: list[str], timeout: float | None, args: list[str]) -> in
 def run_command(command: list[str], env: dict[str, str], timeout: float | None) -> int:
     """COMMAND's exit status; SIGTERM and SIGHUP are passed on to it, and at `timeout` it is ended."""
     try:
-        proc = subprocess.Popen(command, env=env)
+        # A runner started in the background by a non-interactive shell inherits SIGINT ignored, and
+        # COMMAND would inherit that: Ctrl-C must end it as it would in a terminal.
+        proc = subprocess.Popen(command, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     except OSError as e:
         raise SessionError(f"cannot run {command[0]}: {e}") from e
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from babysit.journal import rate_limit, rate_limit_warning, task_unit_of
+from babysit.journal import rate_limit, rate_limit_warning
 
 
 @pytest.mark.parametrize("texts, limited", [
@@ -26,9 +26,3 @@ def test_rate_limit_warning(texts: list[str], limited: bool) -> None:
 def test_rate_limit_values() -> None:
     assert rate_limit(["[Journal]\nRateLimitBurst=500\n"]) == ("30s", "500")
 
-
-def test_only_task_units_count_as_output() -> None:
-    assert task_unit_of('{"_SYSTEMD_USER_UNIT": "babysit-x.service"}') == "babysit-x.service"
-    assert task_unit_of('{"_SYSTEMD_USER_UNIT": "babysitd.service"}') is None
-    assert task_unit_of('{"_SYSTEMD_USER_UNIT": "other.service"}') is None
-    assert task_unit_of("not json") is None
