@@ -52,7 +52,7 @@ def test_wait_survives_a_daemon_restart_by_systemd(task_name: str) -> None:
                           stderr=subprocess.PIPE, text=True) as waiter:
         wait_for(lambda: daemon_pid() > 0, 30, "daemon")
         before = daemon_pid()
-        sigkill_daemon()  # Restart=on-failure brings it back
+        sigkill_daemon()  # Restart=always brings it back
         wait_for(lambda: daemon_pid() not in (0, before), 30, "a restarted daemon")
         out, err = waiter.communicate(timeout=60)
     assert waiter.returncode == 0, err
