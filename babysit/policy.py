@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -37,7 +38,8 @@ class RunawayRisk:
 
     @property
     def ratio(self) -> float:
-        return round(self.actual / self.estimate, 3) if self.estimate else 0.0
+        """actual / estimate, rounded up at the third decimal: an exceeded estimate never reads as 1.0."""
+        return math.ceil(self.actual / self.estimate * 1000) / 1000 if self.estimate else 0.0
 
 
 @dataclass(frozen=True)

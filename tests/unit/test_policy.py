@@ -88,3 +88,10 @@ def test_oom_evidence_from_samples() -> None:
     assert oom_evidence(oom_kills=0, failcnt=4, peak_bytes=0, memory_max_bytes=300 * MiB)
     assert oom_evidence(oom_kills=0, failcnt=0, peak_bytes=299 * MiB, memory_max_bytes=300 * MiB)
     assert not oom_evidence(oom_kills=0, failcnt=0, peak_bytes=200 * MiB, memory_max_bytes=300 * MiB)
+
+
+def test_a_ratio_just_over_an_estimate_reads_over_1() -> None:
+    from babysit.policy import RunawayRisk
+
+    assert RunawayRisk("elapsed", 1.000319, 1.0).ratio == 1.001  # found by CI: it read 1.0
+    assert RunawayRisk("mem", 150, 100).ratio == 1.5
