@@ -110,7 +110,7 @@ class Daemon:
     async def start(self) -> None:
         """Subscribe first, then take the snapshot, so no unit change falls in between (see bleak)."""
         for task in list(self.tasks.values()):
-            if task.state == State.QUEUED and await self.systemd.get_unit(unit_name(task.name)):
+            if task.state == State.QUEUED:
                 await self.recover_spawn(task)
             self.publish(self.tasks[task.name])  # its object exists before a waiter looks, so changes signal
         for task in self.tasks.values():
@@ -125,8 +125,13 @@ class Daemon:
         await self.drain()  # queued tasks survive restarts, and start once they fit
 
     async def recover_spawn(self, task: Task) -> None:
-        """A queued task whose name has a unit: the last daemon died around its start, or before a release."""
+        """A queued task that has a unit or an end record: the last daemon died around its start."""
         unit = unit_name(task.name)
+        if await self.systemd.get_unit(unit) is None:
+            if self.record_of(task).exists():  # it ran and ended while no daemon watched: never run it again
+                self.save(task.with_(state=State.RUNNING))  # adopt() reads how it ended; its start is not known
+                log.info("recovered %s: it ran and ended while no daemon watched", task.name)
+            return
         props = await self.systemd.properties(unit, UNIT)
         described = parse_description(props.get("Description", ""))
         if described is None or described.run_id != task.id:
