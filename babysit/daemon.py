@@ -366,7 +366,6 @@ class Daemon:
         """Memory freed outside babysit sends no signal: look at the queue now and then as well."""
         while True:
             await asyncio.sleep(self.config.recheck_s)
-            failpoints.check("recheck_loop", once=True)
             if self.queue():
                 await self.drain()
 
