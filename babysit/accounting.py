@@ -13,13 +13,15 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-# Runs as `bash SCRIPT_FILE RECORD MEMORY_DIR CPU_FILE...`; bash builtins only, apart from mv.
+# Runs as `bash SCRIPT_FILE RECORD MEMORY_DIR CPU_FILE...`; bash builtins only, apart from mv, and
+# systemctl when a signal ended the task: a user manager that is stopping (reboot, logout, a restart of
+# user@.service) stopped it, which tells such a stop from a kill nobody explains.
 # systemd gives ExecStopPost the end in SERVICE_RESULT, EXIT_CODE and EXIT_STATUS.
 # It is a file, not `bash -c`: systemd 252 re-reads a transient unit's command lines from the file it
 # wrote them to on daemon-reload, and escapes `$`, `;` and quotes there in a way it does not undo.
 SCRIPT = r"""
 record=$1 mem=$2; shift 2
-peak= failcnt= oom= cpu=
+peak= failcnt= oom= cpu= manager=
 for f in "$mem/memory.peak" "$mem/memory.max_usage_in_bytes"; do
   [ -z "$peak" ] && [ -r "$f" ] && read -r peak < "$f"
 done
@@ -34,8 +36,10 @@ for f in "$@"; do
     *) read -r cpu < "$f" ;;
   esac
 done
-printf 'result=%s\nexit_code=%s\nexit_status=%s\npeak_mem_bytes=%s\ncpu_ns=%s\nmem_failcnt=%s\noom_kills=%s\n' \
-  "${SERVICE_RESULT-}" "${EXIT_CODE-}" "${EXIT_STATUS-}" "$peak" "$cpu" "$failcnt" "$oom" > "$record.tmp"
+[ "${EXIT_CODE-}" = killed ] && manager=$(timeout 5 systemctl --user is-system-running 2>/dev/null)
+printf 'result=%s\nexit_code=%s\nexit_status=%s\n%s=%s\n%s=%s\n%s=%s\n%s=%s\n%s=%s\n' \
+  "${SERVICE_RESULT-}" "${EXIT_CODE-}" "${EXIT_STATUS-}" peak_mem_bytes "$peak" cpu_ns "$cpu" \
+  mem_failcnt "$failcnt" oom_kills "$oom" manager_state "$manager" > "$record.tmp"
 mv -f "$record.tmp" "$record"
 """
 
@@ -68,6 +72,7 @@ class FinalAccounting:
     cpu_ns: int | None
     mem_failcnt: int | None
     oom_kills: int | None
+    manager_state: str = ""  # the user manager's state when a signal ended the task ("stopping": it stopped it)
 
 
 def _int(text: str) -> int | None:
@@ -92,7 +97,8 @@ def parse(text: str) -> FinalAccounting | None:
     exit_code = fields.get("exit_code", "")
     return FinalAccounting(fields["result"], exit_code, _status(exit_code, fields.get("exit_status", "")),
                            _int(fields.get("peak_mem_bytes", "")), _int(fields.get("cpu_ns", "")),
-                           _int(fields.get("mem_failcnt", "")), _int(fields.get("oom_kills", "")))
+                           _int(fields.get("mem_failcnt", "")), _int(fields.get("oom_kills", "")),
+                           fields.get("manager_state", ""))
 
 
 def read(record: Path) -> FinalAccounting | None:

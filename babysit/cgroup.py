@@ -175,7 +175,12 @@ def missing_controllers(layout: Layout, manager_cgroup: str, uid: int) -> list[s
     rel = manager_cgroup.lstrip("/")
     missing = []
     if layout.v2 and layout.memory_root:
-        available = (layout.memory_root / rel / "cgroup.controllers")
+        directory = layout.memory_root / rel
+        if not directory.is_dir() or directory.stat().st_uid != uid:
+            # not delegated: the parent may enable a controller here for its own accounting, but the
+            # manager cannot pass it on to its units' cgroups
+            return ["memory", "cpu"]
+        available = (directory / "cgroup.controllers")
         present = available.read_text().split() if available.exists() else []
         return [c for c in ("memory", "cpu") if c not in present]
     for controller, root in (("memory", layout.memory_root), ("cpu", layout.cpu_root)):

@@ -25,6 +25,7 @@ class UnitEnd:
     result: str
     exec_main_code: int
     exec_main_status: int
+    manager_stopping: bool = False  # the user manager was stopping when a signal ended the task
 
     @classmethod
     def from_properties(cls, props: Mapping[str, Any]) -> UnitEnd:
@@ -38,14 +39,13 @@ class UnitEnd:
         if final is None or final.exit_code not in EXIT_CODES or final.exit_status is None:
             return end
         return cls(end.active_state, end.sub_state, final.result or end.result, EXIT_CODES[final.exit_code],
-                   final.exit_status)
+                   final.exit_status, final.manager_state == "stopping")
 
 
 def has_ended(props: Mapping[str, Any], started: bool) -> bool:
     """Whether a task unit's (merged) properties show its command is over.
 
-    Task units have RemainAfterExit=yes, so a success stays loaded as active/exited until babysit has
-    stored it; a fresh transient unit is briefly `inactive` before it starts, hence `started`.
+    A fresh transient unit is briefly `inactive` before it starts, hence `started`.
     """
     state = props.get("ActiveState")
     return state == "failed" or props.get("SubState") == "exited" or (started and state == "inactive")
@@ -70,6 +70,10 @@ def classify(end: UnitEnd, kill_requested: KillReason | None, oom_seen: bool = F
         return Outcome(State.KILLED, exit_code, sig, KillReason.TIMEOUT, "RuntimeMaxSec reached")
     if end.result == "oom-kill" or (oom_seen and sig == signal.SIGKILL):
         return Outcome(State.KILLED, exit_code, sig, KillReason.OOM, "the kernel's OOM killer ended it at MemoryMax")
+    if sig is not None and end.manager_stopping:
+        return Outcome(State.UNKNOWN, None, sig, None, "systemd stopped it because the user manager was stopping "
+                       "(a shutdown or reboot, a logout without lingering, or a restart of user@.service); "
+                       "whether it would have finished is not known")
     if code == CLD_EXITED and status in SYSTEMD_EXIT_STEPS:
         return Outcome(State.FAILED, exit_code, None, None, systemd_step_failed(status))
     if code == CLD_EXITED:

@@ -13,6 +13,7 @@ from tests.session.run import own_session_is_up
 # would install into, and share, the caller's own babysit.
 SESSION_REQUIRED = os.environ.get("BABYSIT_REQUIRE_SESSION") == "1"
 SESSION_UP = own_session_is_up(dict(os.environ))
+IN_GUEST = os.environ.get("BABYSIT_VM_GUEST") == "1"  # set by tests/vm/guest.sh inside the VM tier's guest
 NOT_THROUGH_RUNNER = ("integration tests run only through the session runner: "
                       "python3 tests/session/run.py .venv/bin/pytest")
 
@@ -23,6 +24,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "integration" in item.keywords and not SESSION_REQUIRED:
             item.add_marker(pytest.mark.skip(reason=NOT_THROUGH_RUNNER))
+        if "vm" in item.keywords and not IN_GUEST:
+            item.add_marker(pytest.mark.skip(reason="runs inside the VM tier's guest: python3 tests/vm/run.py"))
         if "host" in item.keywords and (os.geteuid() != 0 or SESSION_REQUIRED):
             item.add_marker(pytest.mark.skip(reason="tests the session runner itself: needs root, outside a session"))
 
@@ -32,7 +35,7 @@ TIER_SECONDS: dict[str, float] = {}
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Add up the time each tier takes (setup, call and teardown), for the summary below."""
-    tier = "integration" if "integration" in report.keywords else "host" if "host" in report.keywords else "pure"
+    tier = next((t for t in ("integration", "host", "vm") if t in report.keywords), "pure")
     if not report.skipped:
         TIER_SECONDS[tier] = TIER_SECONDS.get(tier, 0.0) + report.duration
 

@@ -25,7 +25,8 @@ def sigkill_daemon() -> None:
 
 def test_tasks_outlive_a_killed_daemon(task_name: str) -> None:
     long, short = f"{task_name}-long", f"{task_name}-short"
-    for name, command in ((long, "sleep 2; echo long-done"), (short, "sleep 0.5; echo short-done; exit 4")):
+    # long enough to outlive two CLI calls where Python starts slowly (the VM tier's guest)
+    for name, command in ((long, "sleep 8; echo long-done"), (short, "sleep 0.5; echo short-done; exit 4")):
         started = babysit("run", f"--name={name}", f"--command={command}", *LIGHT)
         assert started.returncode == 0, started.stderr
     wait_for(lambda: systemctl_show(unit_name(long), "SubState")["SubState"] == "running", 30, "long running")

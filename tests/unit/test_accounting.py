@@ -26,7 +26,13 @@ def make_task() -> Task:
     return Task(42, spec, derive_caps(spec, HOST), State.RUNNING, 0.0)
 
 
-def run_script(tmp_path: Path, files: dict[str, str], env: dict[str, str], cpu_files: list[str]) -> str:
+def run_script(tmp_path: Path, files: dict[str, str], env: dict[str, str], cpu_files: list[str],
+               manager_state: str = "running") -> str:
+    """The record the script writes; `systemctl` on its PATH reports the user manager in `manager_state`."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "systemctl").write_text(f"#!/bin/sh\n[ \"$*\" = '--user is-system-running' ] && echo {manager_state}\n")
+    (tools / "systemctl").chmod(0o755)
     memory = tmp_path / "memory"
     memory.mkdir()
     for name, text in files.items():
@@ -36,7 +42,7 @@ def run_script(tmp_path: Path, files: dict[str, str], env: dict[str, str], cpu_f
     script = accounting.install_script(tmp_path)
     _path, argv, _ignore = accounting.stop_post_command(script, record, memory, [tmp_path / f for f in cpu_files])
     assert not any(c in word for word in argv for c in "$;\"\\\n")  # nothing systemd would escape
-    subprocess.run(argv, env={"PATH": os.environ["PATH"], **env}, check=True)
+    subprocess.run(argv, env={"PATH": f"{tools}:{os.environ['PATH']}", **env}, check=True)
     return record.read_text()
 
 
@@ -49,7 +55,7 @@ def test_v1_record_an_oom_kill(tmp_path: Path) -> None:
     }, {"SERVICE_RESULT": "signal", "EXIT_CODE": "killed", "EXIT_STATUS": "KILL"},
         ["unified/cpu.stat", "cpuacct/cpuacct.usage"])
     assert accounting.parse(text) == FinalAccounting("signal", "killed", signal.SIGKILL, 192 * MiB, 1_250_000_000,
-                                                     17, 1)
+                                                     17, 1, "running")
 
 
 def test_v2_record_a_clean_exit(tmp_path: Path) -> None:
@@ -66,6 +72,20 @@ def test_a_figure_the_host_does_not_keep_is_unknown_not_zero(tmp_path: Path) -> 
                       ["missing/cpu.stat"])
     final = accounting.parse(text)
     assert final is not None and (final.exit_status, final.peak_mem_bytes, final.cpu_ns) == (3, None, None)
+
+
+def test_a_stop_by_a_stopping_user_manager_is_unknown_not_a_failure(tmp_path: Path) -> None:
+    text = run_script(tmp_path, {}, {"SERVICE_RESULT": "success", "EXIT_CODE": "killed", "EXIT_STATUS": "TERM"}, [],
+                      manager_state="stopping")
+    final = accounting.parse(text)
+    assert final is not None and final.manager_state == "stopping"
+    outcome = classify(UnitEnd.of({"ActiveState": "inactive", "SubState": "dead"}, final), None)
+    assert (outcome.state, outcome.signal) == (State.UNKNOWN, signal.SIGTERM)
+    assert "user manager was stopping" in outcome.detail
+    # a kill babysit asked for is still that kill, and a task's own exit is still its exit
+    assert classify(UnitEnd.of({}, final), KillReason.USER).kill_reason == KillReason.USER
+    exited = FinalAccounting("exit-code", "exited", 3, None, None, None, None, "")
+    assert classify(UnitEnd.of({}, exited), None).state == State.FAILED
 
 
 def test_not_a_record() -> None:

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,12 @@ def test_missing_controllers_v2(tmp_path: Path) -> None:
     manager = tmp_path / "user.slice" / "user@1000.service"
     manager.mkdir(parents=True)
     (manager / "cgroup.controllers").write_text("cpu pids\n")
-    assert missing_controllers(Layout(tmp_path, tmp_path, v2=True), "/user.slice/user@1000.service", 1000) == ["memory"]
+    layout, me = Layout(tmp_path, tmp_path, v2=True), os.getuid()
+    assert missing_controllers(layout, "/user.slice/user@1000.service", me) == ["memory"]
+    # a cgroup that is not the user's own is not delegated, whatever its parent enabled in it
+    (manager / "cgroup.controllers").write_text("cpu memory pids\n")
+    assert missing_controllers(layout, "/user.slice/user@1000.service", me) == []
+    assert missing_controllers(layout, "/user.slice/user@1000.service", me + 1) == ["memory", "cpu"]
 
 
 def test_proc_stat_cpu_ticks() -> None:
@@ -69,8 +75,6 @@ def test_proc_stat_cpu_ticks() -> None:
 
 
 def test_v1_without_cpuacct_counts_the_processes(tmp_path: Path) -> None:
-    import os
-
     unit = tmp_path / "memory" / "u.service"
     unit.mkdir(parents=True)
     (unit / "memory.usage_in_bytes").write_text("4096\n")
