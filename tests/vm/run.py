@@ -139,7 +139,8 @@ def missing_tools() -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--timeout", type=float, default=1200, help="seconds each boot may take")
-    parser.add_argument("--workdir", type=Path, help="keep the share and logs here (default: a temporary directory)")
+    parser.add_argument("--workdir", type=Path,
+                        help="keep the share and logs here (default: a temporary directory, removed if all passed)")
     args = parser.parse_args()
     started = time.monotonic()
     missing = missing_tools()
@@ -168,7 +169,10 @@ def main() -> int:
         if phase_status:
             show_failure(share, phase)
             status = status or phase_status
-    say(f"results, console and journal in {share}")
+    if status or args.workdir:
+        say(f"results, console and journal in {share}")
+    else:
+        shutil.rmtree(work)  # the overlay alone is over 100 MB
     say(f"tier vm took {time.monotonic() - started:.0f} s, exit {status}")
     return status
 

@@ -109,6 +109,16 @@ def test_only_the_runaway_is_killed(task_name: str) -> None:
         subprocess.run(["systemctl", "--user", "stop", f"{outside}.service"])
 
 
+def test_a_task_outlives_systemctl_restart_babysitd(task_name: str) -> None:
+    assert babysit("run", f"--name={task_name}", "--command=sleep 6; echo done").returncode == 0
+    wait_for(lambda: status(task_name)["status"] == "running", 60, "the task to run")
+    pid = systemctl_show(unit_name(task_name), "MainPID")["MainPID"]
+    subprocess.run(["systemctl", "--user", "restart", DAEMON_UNIT], check=True, timeout=60)
+    assert systemctl_show(unit_name(task_name), "MainPID")["MainPID"] == pid  # the same process, untouched
+    done = babysit("wait", f"--name={task_name}", timeout=120)
+    assert (done.returncode, json.loads(done.stdout)["status"]) == (0, "completed"), done
+
+
 def test_a_user_without_delegated_controllers_is_warned_and_run_refuses() -> None:
     """The second user's slice disables the memory and cpu controllers: caps could not be applied, and
     babysit says so."""
