@@ -16,9 +16,8 @@ import typer
 
 from babysit import __version__
 from babysit.client import Client, DaemonNotRunning, variant_dict
-from babysit.protocol import BabysitError, CapacityExceeded, ExitCode, State, unit_name
+from babysit.protocol import BabysitError, CapacityExceeded, ExitCode, State, complete, terminal_only, unit_name
 from babysit.quantities import format_duration, format_size, parse_duration, parse_size
-from babysit.report import complete, terminal_only
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   help="Supervised background runner: long jobs under systemd caps, admitted only when the host has room.")

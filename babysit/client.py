@@ -14,10 +14,8 @@ from dbus_fast.errors import DBusError
 
 from babysit import bus as session_bus
 from babysit.protocol import (
-    BUS_NAME, ERRORS, SCHEDULER_INTERFACE, SCHEDULER_PATH, BabysitError, State, task_path,
+    BUS_NAME, ERRORS, SCHEDULER_INTERFACE, SCHEDULER_PATH, BabysitError, State, complete, task_path,
 )
-from babysit.capacity import fits
-from babysit.report import complete
 from babysit.systemd import unwrap
 
 DBUS = "org.freedesktop.DBus"
@@ -171,6 +169,8 @@ class Client:
         Woken by the daemon's CapacityChanged; memory freed outside babysit sends no signal, so the
         figures are also read again every `recheck_s`.
         """
+        from babysit.capacity import fits  # the capacity model only for this verb: the others start faster
+
         changed = asyncio.Event()
 
         def handler(message: Message) -> None:

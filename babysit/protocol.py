@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 BUS_NAME = "org.babysit"
 SCHEDULER_PATH = "/org/babysit/Scheduler"
@@ -110,3 +110,26 @@ ERRORS: dict[str, type[BabysitError]] = {
     cls.dbus_name: cls
     for cls in (InvalidArgument, NameInUse, NoSuchTask, ExceedsCap, CapacityExceeded, CapsUnavailable, NotRunning)
 }
+
+
+# --- the terminal JSON, as the daemon sends it and the CLI prints it -------------------------------
+
+# The terminal JSON's keys in order; for a kill, kill_reason and kill_hint come first.
+RESULT_KEYS = (
+    "name", "status", "exit_code", "signal", "started_at", "finished_at", "elapsed_s", "peak_mem_bytes",
+    "cpu_seconds", "estimated_time_s", "kill_timeout_s", "observability_interval_s", "estimated_mem_bytes",
+    "estimated_cpu_cores", "mem_pct_limit", "cpu_pct_limit", "memory_max_bytes", "cpu_quota_pct",
+    "runtime_max_s", "unit", "log_cmd",
+)
+KILL_KEYS = ("kill_reason", "kill_hint")
+
+
+def terminal_only(report: dict[str, Any]) -> dict[str, Any]:
+    """The terminal JSON's keys of a fuller status report."""
+    return {k: v for k, v in report.items() if k in KILL_KEYS or k in RESULT_KEYS or k == "detail"}
+
+
+def complete(report: dict[str, Any]) -> dict[str, Any]:
+    """A report read back from D-Bus (which has no null) with its absent keys as None, in order."""
+    keys = [k for k in KILL_KEYS if k in report] + list(RESULT_KEYS)
+    return {k: report.get(k) for k in keys} | {k: v for k, v in report.items() if k not in keys}

@@ -1,4 +1,5 @@
-"""The JSON shapes users and agents read: a task's status and its terminal result."""
+"""A task's status and terminal result as JSON, built from the daemon's task model (the key order is
+the protocol's)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,6 @@ from typing import Any
 from babysit.hints import kill_hint
 from babysit.protocol import State, log_command, unit_name
 from babysit.task import Task
-
-# The terminal JSON's keys in order; for a kill, kill_reason and kill_hint come first.
-RESULT_KEYS = (
-    "name", "status", "exit_code", "signal", "started_at", "finished_at", "elapsed_s", "peak_mem_bytes",
-    "cpu_seconds", "estimated_time_s", "kill_timeout_s", "observability_interval_s", "estimated_mem_bytes",
-    "estimated_cpu_cores", "mem_pct_limit", "cpu_pct_limit", "memory_max_bytes", "cpu_quota_pct",
-    "runtime_max_s", "unit", "log_cmd",
-)
-KILL_KEYS = ("kill_reason", "kill_hint")
 
 
 def timestamp(at: float | None) -> str | None:
@@ -77,14 +69,3 @@ def risk_event(task: Task, dim: str, actual: float, estimate: float, ratio: floa
     """A runaway_risk event as `wait` prints it."""
     return {"event": "runaway_risk", "name": task.name, "dim": dim, "actual": actual, "estimate": estimate,
             "ratio": ratio, "at": timestamp(at)}
-
-
-def terminal_only(report: dict[str, Any]) -> dict[str, Any]:
-    """The terminal JSON's keys of a fuller status report."""
-    return {k: v for k, v in report.items() if k in KILL_KEYS or k in RESULT_KEYS or k == "detail"}
-
-
-def complete(report: dict[str, Any]) -> dict[str, Any]:
-    """A report read back from D-Bus (which has no null) with its absent keys as None, in order."""
-    keys = [k for k in KILL_KEYS if k in report] + list(RESULT_KEYS)
-    return {k: report.get(k) for k in keys} | {k: v for k, v in report.items() if k not in keys}

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from babysit import report
+from babysit import protocol, report
 from babysit.protocol import KillReason, NameInUse, State
 from babysit.store import Store
 from babysit.task import GiB, Host, Outcome, Usage, derive_caps, spec_from_wire
@@ -30,7 +30,7 @@ def test_kill_reports_lead_with_reason_and_hint(store: Store) -> None:
     assert result["kill_hint"] == ("peak 9.1 GiB vs estimate 3 GiB: audit memory use (rolling reads, smaller "
                                    "batches), then re-run with --estimated_mem_bytes=11G")
     assert result["elapsed_s"] == 60.0
-    assert report.complete({"name": "x"})["exit_code"] is None
+    assert protocol.complete({"name": "x"})["exit_code"] is None
 
 
 def test_names_are_unique_only_among_live_runs(store: Store) -> None:
