@@ -15,6 +15,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -144,24 +145,49 @@ async def exit_to_return(signals: UnitSignals, n: int) -> list[Row]:
 # --- 3. CLI cold start ------------------------------------------------------------------------------
 
 
-def wall(argv: list[str], n: int) -> float:
+def wall(argv: list[str] | Callable[[], list[str]], n: int) -> float:
+    """The median wall time of a command; a callable makes its command line afresh each time."""
     samples = []
     for _ in range(n):
+        command = argv() if callable(argv) else argv
         start = time.monotonic()
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         samples.append(time.monotonic() - start)
     return median_ms(samples)
 
 
-def cold_start(n: int) -> tuple[list[Row], str]:
-    python = sys.executable
-    bare = wall([python, "-c", "pass"], n)
-    deps = wall([python, "-c", "import typer, rich, dbus_fast"], n)
-    rows = [
-        Row("CLI cold start: `babysit ping`", wall([BABYSIT, "ping"], n), bare, "`python3 -c pass`"),
-        Row("CLI cold start: `babysit list`", wall([BABYSIT, "list"], n), deps, "importing typer, rich, dbus-fast"),
-    ]
-    return rows, heaviest_imports([python, "-X", "importtime", BABYSIT, "ping"])
+def installed_cli(work: Path) -> Path:
+    """A `babysit` installed from the wheelhouse as users install it (an editable install imports more)."""
+    wheelhouse = ROOT / ".wheelhouse"
+    if not any(wheelhouse.glob("babysit-*.whl")):
+        print("bench: no wheel in .wheelhouse; timing the checkout's editable install", file=sys.stderr)
+        return BIN
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(work / "venv")], check=True)
+    subprocess.run([str(work / "venv" / "bin" / "pip"), "install", "-q", "--no-index", f"--find-links={wheelhouse}",
+                    "babysit"], check=True)
+    return work / "venv" / "bin"
+
+
+def cold_start(n: int, work: Path) -> tuple[list[Row], str]:
+    """Each hot verb's wall time against importing what any D-Bus client needs, in the same Python."""
+    bin_dir = installed_cli(work)
+    babysit = str(bin_dir / "babysit")
+    floor = wall([str(bin_dir / "python3"), "-c", "import asyncio, dbus_fast.aio"], n)
+    done = f"bench-cold-{uuid.uuid4().hex[:6]}"
+    subprocess.run([babysit, "run", f"--name={done}", "--command=true", "--estimated_mem_bytes=8M",
+                    "--estimated_cpu_cores=0.01"], check=True, capture_output=True)
+    subprocess.run([babysit, "wait", f"--name={done}"], check=True, capture_output=True)
+    fresh = iter(f"bench-cold-{uuid.uuid4().hex[:6]}" for _ in range(n))
+    verbs = {
+        "ping": lambda: [babysit, "ping"],
+        "status": lambda: [babysit, "status", f"--name={done}", "--json"],
+        "wait": lambda: [babysit, "wait", f"--name={done}"],
+        "run": lambda: [babysit, "run", f"--name={next(fresh)}", "--command=true", "--estimated_mem_bytes=8M",
+                        "--estimated_cpu_cores=0.01"],
+    }
+    rows = [Row(f"CLI cold start: `babysit {verb}`", wall(argv, n), floor,
+                "`python3 -c \"import asyncio, dbus_fast.aio\"`") for verb, argv in verbs.items()]
+    return rows, heaviest_imports([str(bin_dir / "python3"), "-X", "importtime", babysit, "ping"])
 
 
 def heaviest_imports(argv: list[str], top: int = 8) -> str:
@@ -273,7 +299,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, only: str | None) -> None:
     from dbus_fast import BusType
     from dbus_fast.aio import MessageBus
 
@@ -281,7 +307,16 @@ async def main(quick: bool) -> None:
     bus = await MessageBus(bus_type=BusType.SESSION).connect()
     systemd, client, signals = Systemd(bus), Client(bus), UnitSignals()
     await systemd.subscribe(signals.on_change)
+    work = tempfile.TemporaryDirectory()
+    imports = ""
+
+    async def cold() -> list[Row]:
+        nonlocal imports
+        rows, imports = cold_start(5 if quick else 15, Path(work.name))
+        return rows
+
     steps: list[tuple[str, Callable[[], Awaitable[list[Row]]]]] = [
+        ("cold start", cold),
         ("submit -> active", lambda: submit_to_active(signals, client, systemd, 5 if quick else 10)),
         ("exit -> return", lambda: exit_to_return(signals, 3 if quick else 8)),
         ("throughput", lambda: throughput(client, 60 if quick else 300)),
@@ -289,22 +324,28 @@ async def main(quick: bool) -> None:
         ("flood cost", lambda: flood_cost(client, 5 if quick else 10)),
     ]
     rows: list[Row] = []
-    cold, imports = cold_start(5 if quick else 15)
-    rows += cold
     for label, step in steps:
-        print(f"bench: {label} ...", file=sys.stderr, flush=True)
-        rows += await step()
-    print("bench: reactions (tests/integration/test_watchdogs.py) ...", file=sys.stderr, flush=True)
-    kills = reactions()
+        if only is None or only in label:
+            print(f"bench: {label} ...", file=sys.stderr, flush=True)
+            rows += await step()
+    kills = []
+    if only is None:
+        print("bench: reactions (tests/integration/test_watchdogs.py) ...", file=sys.stderr, flush=True)
+        kills = reactions()
     bus.disconnect()
+    work.cleanup()
     print(table(rows))
-    print(f"\n`babysit ping` imports, heaviest first: {imports}")
-    print("\nTrigger -> kill, per kill reason (tick 0.25 s, tolerance 2 s, as in the watchdog tests):")
-    for line in kills:
-        print(f"- {line}")
+    if imports:
+        print(f"\n`babysit ping` imports, heaviest first: {imports}")
+    if kills:
+        print("\nTrigger -> kill, per kill reason (tick 0.25 s, tolerance 2 s, as in the watchdog tests):")
+        for line in kills:
+            print(f"- {line}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter daemon-cost and throughput runs")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument("--only", help="run only the steps whose label contains this (e.g. 'cold start')")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.quick, arguments.only))
