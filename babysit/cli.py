@@ -387,4 +387,17 @@ def skill_install(
 
 
 def main() -> None:
-    app()
+    """The `babysit` command. Once a verb has said its answer, the process ends at once: unwinding the
+    interpreter (the event loop, the bus, every module) took longer than `wait` takes to hear a task end."""
+    try:
+        app()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+        if not isinstance(done.code, int | None):
+            print(done.code, file=sys.stderr)  # how sys.exit("message") reports
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError:
+                pass  # its reader is gone (`babysit list | head -1`)
+        os._exit(code)
