@@ -14,6 +14,7 @@ import pytest
 from babysit.host import read_host
 from babysit.config import Config
 from tests.integration.conftest import babysit, systemctl_show
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 WHEELHOUSE = Path(__file__).resolve().parents[2] / ".wheelhouse"
@@ -59,3 +60,11 @@ def test_daemon_start_from_an_installed_wheel(wheel_venv: Path, tmp_path: Path, 
     assert (waited.returncode, json.loads(waited.stdout)["status"]) == (0, "completed")
     assert installed("log", f"--name={task_name}").stdout.strip() == "from-the-wheel"
     assert sys.executable != str(wheel_venv / "bin" / "python")
+
+
+def test_babysitd_logs_under_its_own_name(daemon: str) -> None:
+    def logged() -> str:
+        argv = ["journalctl", "--user", "--identifier=babysitd", "--output=cat", "--no-pager"]
+        return subprocess.run(argv, capture_output=True, text=True).stdout
+
+    assert wait_for(lambda: "ready" in logged(), 30, "babysitd's start line under its name")
