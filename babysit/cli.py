@@ -392,9 +392,10 @@ def main() -> None:
     try:
         app()
     except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
-        if not isinstance(done.code, int | None):
-            print(done.code, file=sys.stderr)  # how sys.exit("message") reports
+        code = 0 if done.code is None else done.code
+        if not isinstance(code, int):
+            print(code, file=sys.stderr)  # how sys.exit("message") reports
+            code = 1
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
