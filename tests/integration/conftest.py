@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -100,6 +101,13 @@ def babysit(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
     """The `babysit` CLI as a subprocess."""
     return subprocess.run([str(BIN / "babysit"), *args], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=cwd)
+
+
+def status(name: str) -> dict:
+    """`babysit status --json` of a task, parsed."""
+    shown = babysit("status", f"--name={name}", "--json")
+    assert shown.returncode == 0, shown.stderr
+    return json.loads(shown.stdout)
 
 
 def systemctl_show(unit: str, *props: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from datetime import datetime
 import pytest
 
 from babysit.protocol import unit_name
-from tests.integration.conftest import babysit, daemon_config, restart_daemon, systemctl_show
+from tests.integration.conftest import babysit, daemon_config, restart_daemon, status, systemctl_show
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("small_host")]
@@ -23,10 +23,6 @@ def small_host(daemon: str) -> Iterator[None]:
     """A 1 GiB, 2-core budget, whatever the machine has."""
     with daemon_config('mem_budget_bytes = "1G"\ncpu_budget_cores = 2\nrecheck_s = 1\n'):
         yield
-
-
-def status(name: str) -> dict:
-    return json.loads(babysit("status", f"--name={name}", "--json").stdout)
 
 
 def epoch(iso: str) -> float:

@@ -15,7 +15,7 @@ import pytest
 
 from babysit.protocol import DAEMON_UNIT, unit_name
 from tests.host.test_readme import quickstart
-from tests.integration.conftest import babysit, systemctl_show
+from tests.integration.conftest import babysit, status, systemctl_show
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.vm]
@@ -23,12 +23,6 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 MiB = 1 << 20
 UID = os.getuid()
 STATE = Path.home() / "vm-tier-state.json"  # what the first boot leaves for the second
-
-
-def status(name: str) -> dict:
-    shown = babysit("status", f"--name={name}", "--json")
-    assert shown.returncode == 0, shown.stderr
-    return json.loads(shown.stdout)
 
 
 def task_cgroup(name: str) -> Path:
