@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +17,8 @@ import typer
 
 from babysit import __version__
 from babysit.client import Client, DaemonNotRunning, variant_dict
-from babysit.protocol import BabysitError, CapacityExceeded, ExitCode, State, complete, terminal_only, unit_name
+from babysit.protocol import (BabysitError, CapacityExceeded, ExitCode, State, complete, output_matches,
+                              terminal_only)
 from babysit.quantities import format_duration, format_size, parse_duration, parse_size
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
@@ -303,7 +305,7 @@ def log(
 ) -> None:
     """The task's output, from journald. Example: babysit log --name=train --tail=50 --follow"""
     report = call(lambda c: c.status(name))
-    base = ["journalctl", "--user", f"_SYSTEMD_USER_UNIT={unit_name(name)}", "-o", "cat", "--no-pager"]
+    base = ["journalctl", "--user", *output_matches(name), "-o", "cat", "--no-pager"]
     argv = list(base)
     if report.get("started_at"):
         argv.append(f"--since=@{int(datetime.fromisoformat(report['started_at']).timestamp())}")
@@ -315,6 +317,7 @@ def log(
         async def relay_until_terminal(c: Client) -> None:
             relay = asyncio.get_running_loop().run_in_executor(None, _relay, journal, cursor)
             await c.wait(name)
+            await _until_quiet(cursor)
             journal.terminate()
             await relay
 
@@ -322,6 +325,17 @@ def log(
     # the lines journald stored after the follower stopped
     catch_up = [*base, "--after-cursor", cursor["last"]] if cursor["last"] else [*argv, "-n", str(tail)]
     subprocess.run(catch_up)
+
+
+async def _until_quiet(cursor: dict[str, str], quiet_s: float = 0.25, limit_s: float = 5.0) -> None:
+    """Follow until journald has been quiet for a moment: it stores a unit's last lines at its own pace
+    after the unit ended, and before systemd 256 nothing says when it is done with them."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        seen = cursor["last"]
+        await asyncio.sleep(quiet_s)
+        if cursor["last"] == seen:
+            return
 
 
 def _relay(journal: subprocess.Popen, cursor: dict[str, str]) -> None:

@@ -24,6 +24,7 @@ class Config:
     tolerance_s: float = 30.0  # 2x an estimate for this long stops a task
     pressure_free_pct: float = 5.0  # free memory below this share of RAM is host pressure...
     pressure_free_bytes: int | None = None  # ...or below this many bytes, when set
+    pressure_grace_s: float = 1.0  # tasks within their estimates are stopped only if pressure lasts this long
 
 
 def default_path() -> Path:

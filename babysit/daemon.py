@@ -96,6 +96,7 @@ class Daemon:
         self._drain_requested = False  # a burst of task ends drains the queue once, not once per end
         self._background: set[asyncio.Task[None]] = set()
         self.external_pressure = False  # reported once per episode
+        self.pressure_since: float | None = None  # monotonic start of the current low-memory episode
         self.ends_dir = ends_dir  # where units leave their final accounting (see babysit.accounting)
         ends_dir.mkdir(parents=True, exist_ok=True)
         self.record_script = accounting.install_script(ends_dir)
@@ -620,7 +621,7 @@ class Daemon:
 
     def note_output(self, task: Task, watch: Watch) -> None:
         """What journald says of the task's newest line."""
-        written = self.last_output.at(unit_name(task.name))
+        written = self.last_output.at(task.name)
         watch.output_asked_at = time.monotonic()
         if written:
             watch.last_output_at = max(watch.last_output_at, written)
@@ -634,7 +635,13 @@ class Daemon:
         """Low free memory: stop babysit's own culprits, or note pressure that comes from elsewhere."""
         running = [t for t in self.tasks.values() if t.state == State.RUNNING and not t.kill_requested]
         loads = [policy.Load(t.name, t.usage.mem_bytes, t.spec.estimates.mem_bytes) for t in running]
-        verdict = policy.pressure_victims(loads, free_mem_bytes(), self.pressure_threshold())
+        free, threshold, now = free_mem_bytes(), self.pressure_threshold(), time.monotonic()
+        if free >= threshold:
+            self.pressure_since = None
+        elif self.pressure_since is None:
+            self.pressure_since = now
+        sustained = self.pressure_since is not None and now - self.pressure_since >= self.config.pressure_grace_s
+        verdict = policy.pressure_victims(loads, free, threshold, sustained)
         if verdict.external:
             if not self.external_pressure:
                 log.warning("host memory pressure from outside babysit (%d bytes short); nothing stopped",

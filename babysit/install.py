@@ -101,17 +101,22 @@ async def install_and_start(client: Client, quiet: bool = False) -> None:
 def why_not_running() -> str:
     """What systemd and the daemon's journal say about a babysitd that is not answering, or ""."""
     try:
-        shown = subprocess.run(["systemctl", "--user", "show", DAEMON_UNIT, "--property=ActiveState,Result,NRestarts"],
+        shown = subprocess.run(["systemctl", "--user", "show", DAEMON_UNIT,
+                                "--property=ActiveState,SubState,Result,NRestarts"],
                                capture_output=True, text=True, timeout=10).stdout
         state = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
-        if state.get("ActiveState") not in ("failed", "activating", "inactive") or state.get("Result") == "success":
+        # Result is reset to success at each new start attempt, so a daemon that keeps failing shows
+        # "success" during its attempts: NRestarts tells it apart from one that simply never started.
+        crashing = state.get("Result") != "success" or state.get("NRestarts", "0") != "0"
+        if state.get("ActiveState") not in ("failed", "activating", "inactive") or not crashing:
             return ""
-        tail = subprocess.run(["journalctl", "--user", "-u", DAEMON_UNIT, "-n", "5", "-o", "cat", "--no-pager"],
+        # its own lines only: systemd's about the restarts would push the reason out of the tail
+        tail = subprocess.run(["journalctl", "--user", "--identifier=babysitd", "-n", "5", "-o", "cat", "--no-pager"],
                               capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
-    lines = [f"babysitd is {state.get('ActiveState')} (result: {state.get('Result')}, "
-             f"restarts: {state.get('NRestarts', '?')})"]
+    lines = [f"babysitd is {state.get('ActiveState')} ({state.get('SubState')}; last result: "
+             f"{state.get('Result')}, restarts: {state.get('NRestarts', '?')})"]
     if tail:
         lines += ["its last log lines:", *(f"  {line}" for line in tail.splitlines())]
     lines.append(f"more: systemctl --user status {DAEMON_UNIT}; journalctl --user -u {DAEMON_UNIT}")

@@ -1,7 +1,7 @@
 """journald, as babysit needs it: when a task last wrote a line, and whether journald keeps every line.
 
-A stall decision needs one fact, "when did this unit last write", and journald already keeps it: the
-unit's newest entry. babysitd asks at the deadline, through the journal API (sd-journal, from
+A stall decision needs one fact, "when did this task last write", and journald already keeps it: the
+task's newest entry. babysitd asks at the deadline, through the journal API (sd-journal, from
 libsystemd), instead of reading every line a task prints.
 """
 
@@ -13,6 +13,8 @@ import logging
 import re
 import subprocess
 from pathlib import Path
+
+from babysit.protocol import output_matches
 
 log = logging.getLogger("babysitd")
 
@@ -85,16 +87,18 @@ class LastOutput:
             log.warning("reading the journal through journalctl instead of libsystemd (%s)", e)
             self.lib = None
 
-    def at(self, unit: str) -> float | None:
-        """Epoch seconds of the unit's newest journal entry, or None if it has none."""
+    def at(self, task: str) -> float | None:
+        """Epoch seconds of the task's newest journal entry, or None if it has none."""
         if self.lib is None:
-            return last_line_at(unit)
+            return last_line_at(task)
         lib, j = self.lib, self.handle
         lib.sd_journal_process(j)  # notices journal files that were added or rotated, e.g. by a restart
         lib.sd_journal_flush_matches(j)
-        match = f"_SYSTEMD_USER_UNIT={unit}".encode()
-        if lib.sd_journal_add_match(j, match, ctypes.c_size_t(len(match))) < 0:
-            return None
+        for term in output_matches(task):
+            added = lib.sd_journal_add_disjunction(j) if term == "+" else lib.sd_journal_add_match(
+                j, term.encode(), ctypes.c_size_t(len(term.encode())))
+            if added < 0:
+                return None
         lib.sd_journal_seek_tail(j)
         if lib.sd_journal_previous(j) <= 0:
             return None
@@ -109,9 +113,9 @@ class LastOutput:
             self.lib = None
 
 
-def last_line_at(unit: str) -> float | None:
+def last_line_at(task: str) -> float | None:
     """The same answer from journalctl, for hosts without libsystemd."""
-    out = subprocess.run(["journalctl", "--user", f"_SYSTEMD_USER_UNIT={unit}", "--lines=1", "--output=json",
+    out = subprocess.run(["journalctl", "--user", *output_matches(task), "--lines=1", "--output=json",
                           "--output-fields=_SYSTEMD_USER_UNIT"], capture_output=True, text=True).stdout
     try:
         return int(json.loads(out.splitlines()[-1])["__REALTIME_TIMESTAMP"]) / 1e6

@@ -100,12 +100,14 @@ class PressureVerdict:
     shortfall_bytes: int
 
 
-def pressure_victims(loads: Sequence[Load], free_bytes: int, threshold_bytes: int) -> PressureVerdict:
+def pressure_victims(loads: Sequence[Load], free_bytes: int, threshold_bytes: int,
+                     sustained: bool = True) -> PressureVerdict:
     """Whom to stop when free memory is below the threshold.
 
     Estimate-exceeders go first, largest overage first; tasks within their estimates only while the
-    shortfall remains. If all of babysit's tasks together use less than the shortfall, the pressure is
-    someone else's: stop nothing.
+    shortfall remains, and only once the pressure is `sustained`: a dip while something outside is
+    still allocating must not cost a well-behaved task its run. If all of babysit's tasks together
+    use less than the shortfall, the pressure is someone else's: stop nothing.
     """
     shortfall = threshold_bytes - free_bytes
     if shortfall <= 0:
@@ -115,7 +117,7 @@ def pressure_victims(loads: Sequence[Load], free_bytes: int, threshold_bytes: in
     exceeders = sorted((x for x in loads if x.overage > 0), key=lambda x: x.overage, reverse=True)
     within = sorted((x for x in loads if x.overage <= 0), key=lambda x: x.mem_bytes, reverse=True)
     victims, freed = [], 0
-    for load in exceeders + within:
+    for load in exceeders + (within if sustained else []):
         if freed >= shortfall:
             break
         victims.append(load.name)

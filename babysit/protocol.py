@@ -53,6 +53,15 @@ def unit_name(task: str) -> str:
     return f"{UNIT_PREFIX}{task}.service"
 
 
+def output_matches(task: str) -> list[str]:
+    """journalctl's matches for a task's output: its unit, or its unit's SyslogIdentifier.
+
+    journald learns a line's unit from the writer's cgroup when it reads the line; a line it reads after
+    a short-lived writer exited has no unit, but still the identifier systemd sent when it connected.
+    """
+    return [f"_SYSTEMD_USER_UNIT={unit_name(task)}", "+", f"SYSLOG_IDENTIFIER={UNIT_PREFIX}{task}"]
+
+
 def task_path(task: str) -> str:
     return f"{TASKS_PATH}/{label_escape(task)}"
 

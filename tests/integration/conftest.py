@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -116,10 +117,22 @@ def systemctl_show(unit: str, *props: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
+def session_control(request: str) -> None:
+    """What an administrator would do as root (restart-journald, pause-journald, resume-journald), asked of
+    the private session's root through its control socket."""
+    path = os.environ.get("BABYSIT_SESSION_CONTROL")
+    if not path:
+        pytest.skip(f"{request} needs root: run the tests through tests/session/run.py as root")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
+        control.settimeout(60)
+        control.connect(path)
+        control.sendall(f"{request}\n".encode())
+        assert control.makefile().readline().strip() == "ok"
+
+
 def task_output(name: str) -> list[str]:
     """The lines a task printed, and nothing systemd logged about its unit."""
-    argv = ["journalctl", "--user", f"_SYSTEMD_USER_UNIT={protocol.unit_name(name)}", "-o", "cat", "--no-pager"]
-    return subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()
+    return journal(name).splitlines()
 
 
 def babysit_units(prefix: str = "") -> set[str]:
@@ -157,9 +170,9 @@ async def until(predicate: Callable[[], Awaitable[Any]], timeout: float, what: s
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def journal(unit: str) -> str:
-    """A unit's messages as the user reads them (journalctl exits 1 until its first entry exists)."""
-    argv = ["journalctl", "--user", "-u", unit, "-o", "cat", "--no-pager"]
+def journal(name: str, output: str = "cat") -> str:
+    """A task's output as `babysit log` finds it (journalctl exits 1 until its first entry exists)."""
+    argv = ["journalctl", "--user", *protocol.output_matches(name), "-o", output, "--no-pager"]
     return subprocess.run(argv, capture_output=True, text=True).stdout
 
 

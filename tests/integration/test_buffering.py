@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from babysit.protocol import unit_name
-from tests.integration.conftest import babysit
+from tests.integration.conftest import babysit, journal
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon")]
 
@@ -41,8 +40,7 @@ def run_and_wait(name: str, command: str, *flags: str) -> dict:
 
 def line_gaps(name: str) -> list[float]:
     """Seconds between the task's journal entries (journald's receive times)."""
-    out = subprocess.run(["journalctl", "--user", f"_SYSTEMD_USER_UNIT={unit_name(name)}", "-o", "json",
-                          "--no-pager"], capture_output=True, text=True).stdout
+    out = journal(name, "json")
     times = [int(json.loads(line)["__REALTIME_TIMESTAMP"]) / 1e6 for line in out.splitlines()]
     return [b - a for a, b in zip(times, times[1:])]
 

@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 
 from babysit import __version__
-from babysit.protocol import unit_name
 from tests.integration.conftest import BIN, babysit, daemon_config, journal
 from tests.waiting import wait_for
 
@@ -173,7 +172,7 @@ def start_holder(name: str) -> None:
     """A running task that takes most of the small host and says so once in the journal."""
     submit(name, "echo holder-started; exec sleep 300", *BIG)
     assert status_of(name) == "running"
-    wait_for(lambda: "holder-started" in journal(unit_name(name)), 15, "the holder's line in the journal")
+    wait_for(lambda: "holder-started" in journal(name), 15, "the holder's line in the journal")
 
 
 def end(*names: str) -> None:
@@ -223,7 +222,7 @@ def world(request: pytest.FixtureRequest, small_host: None) -> Iterator[World]:
         submit(done, "echo finished-output", *TINY)
         waited = babysit("wait", f"--name={done}")
         assert waited.returncode == 0, f"`echo` did not complete: {waited.stdout}"
-        wait_for(lambda: "finished-output" in journal(unit_name(done)), 15, "the task's line in the journal")
+        wait_for(lambda: "finished-output" in journal(done), 15, "the task's line in the journal")
         yield World(state, done, ())
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from babysit.systemd import SERVICE, Systemd, unit_path
-from tests.integration.conftest import UnitSignals, ended, journal
+from tests.integration.conftest import UnitSignals, ended
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -18,6 +19,13 @@ HOG = "chunks = []\nfor _ in range(20): chunks.append(b'x' * (16 << 20))  # fill
 
 def exec_start(*argv: str) -> list[tuple[str, list[str], bool]]:
     return [(argv[0], list(argv), False)]
+
+
+def unit_output(unit: str) -> str:
+    """A unit's lines, found by unit or by identifier, as babysit finds a task's (see protocol.output_matches)."""
+    argv = ["journalctl", "--user", f"_SYSTEMD_USER_UNIT={unit}", "+", f"SYSLOG_IDENTIFIER={unit}", "-o", "cat",
+            "--no-pager"]
+    return subprocess.run(argv, capture_output=True, text=True).stdout
 
 
 async def test_memory_max_oom_kills_a_hog(systemd: Systemd, signals: UnitSignals, unit_name: str, python3: str) -> None:
@@ -38,12 +46,13 @@ async def test_memory_max_oom_kills_a_hog(systemd: Systemd, signals: UnitSignals
 async def test_output_reaches_the_user_journal(systemd: Systemd, signals: UnitSignals, unit_name: str) -> None:
     token = unit_name.removesuffix(".service")
     script = f"echo out-{token}; echo err-{token} >&2"
-    await systemd.start_transient_unit(unit_name, {"ExecStart": exec_start("/bin/sh", "-c", script)})
+    await systemd.start_transient_unit(unit_name, {"ExecStart": exec_start("/bin/sh", "-c", script),
+                                                   "SyslogIdentifier": unit_name})
     await signals.until(unit_name, ended, timeout=30)
 
     # journald writes asynchronously after the unit ends: wait for the lines, bounded
-    wait_for(lambda: f"err-{token}" in journal(unit_name), 15, "journal lines")
-    assert f"out-{token}" in journal(unit_name)
+    wait_for(lambda: f"err-{token}" in unit_output(unit_name), 15, "journal lines")
+    assert f"out-{token}" in unit_output(unit_name)
 
 
 async def test_properties_changed_reports_the_end(systemd: Systemd, signals: UnitSignals, unit_name: str) -> None:
@@ -72,6 +81,7 @@ async def test_cpu_quota_is_applied(systemd: Systemd, signals: UnitSignals, unit
         "ExecStart": exec_start(python3, "-c", burn),
         "CPUQuotaPerSecUSec": 200_000,  # CPUQuota=20%
         "CPUAccounting": True,
+        "SyslogIdentifier": unit_name,
     })
     await signals.until(unit_name, lambda p: p.get("ActiveState") == "active", 30)
     control_group = (await systemd.properties(unit_name, SERVICE))["ControlGroup"]
@@ -84,7 +94,7 @@ async def test_cpu_quota_is_applied(systemd: Systemd, signals: UnitSignals, unit
         assert int(quota[0]) / period == pytest.approx(0.2)
 
     await signals.until(unit_name, ended, timeout=30)
-    line = wait_for(lambda: next((x for x in journal(unit_name).splitlines() if x.startswith("cpu ")), ""), 15,
+    line = wait_for(lambda: next((x for x in unit_output(unit_name).splitlines() if x.startswith("cpu ")), ""), 15,
                     "the burner's report")
     cpu_seconds = float(line.split()[1])
     assert cpu_seconds < 1.0, f"a 2 s busy loop under a 20% quota used {cpu_seconds:.2f} CPU s"

@@ -10,7 +10,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -23,7 +22,8 @@ from dbus_fast import Variant
 
 from babysit.client import Client
 from babysit.protocol import DAEMON_UNIT, State
-from tests.integration.conftest import babysit, babysit_units, daemon_pid, run_spec, task_output, until
+from tests.integration.conftest import (babysit, babysit_units, daemon_pid, run_spec, session_control, task_output,
+                                       until)
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.usefixtures("daemon")]
@@ -125,18 +125,6 @@ async def test_daemon_reload_while_tasks_run_loses_nothing() -> None:
     assert babysit("ping").returncode == 0
 
 
-def restart_journald() -> None:
-    """`systemctl restart systemd-journald`, asked of the private session's root through its control socket."""
-    path = os.environ.get("BABYSIT_SESSION_CONTROL")
-    if not path:
-        pytest.skip("restarting journald needs root: run the tests through tests/session/run.py as root")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
-        control.settimeout(60)
-        control.connect(path)
-        control.sendall(b"restart-journald\n")
-        assert control.makefile().readline().strip() == "ok"
-
-
 @pytest.mark.timeout(120)
 async def test_a_journald_restart_loses_no_line_and_stalls_nothing() -> None:
     prefix = f"jrestart-{uuid.uuid4().hex[:6]}"
@@ -147,7 +135,7 @@ async def test_a_journald_restart_loses_no_line_and_stalls_nothing() -> None:
         await client.submit({**run_spec(name, command), "observability_interval": Variant("s", "3s")}, force=True)
     # mid-output: a stream journald accepted a moment ago may not be in the fd store yet, on a host too
     await until(lambda: asyncio.to_thread(all_printing, names), 30, "the tasks to print")
-    await asyncio.to_thread(restart_journald)
+    await asyncio.to_thread(session_control, "restart-journald")
     runs = await until(lambda: all_terminal(client, names), 60, "every task to end")
     client.close()
     for r in runs:
@@ -158,3 +146,4 @@ async def test_a_journald_restart_loses_no_line_and_stalls_nothing() -> None:
 
 def all_printing(names: list[str]) -> bool:
     return all(f"{name}-5" in task_output(name) for name in names)
+

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from babysit.protocol import unit_name
-from tests.integration.conftest import babysit, journal, systemctl_show
+from tests.integration.conftest import babysit, journal, session_control, systemctl_show
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon")]
@@ -33,9 +33,23 @@ def test_run_wait_and_log_a_completed_task(task_name: str) -> None:
     assert result["unit"] == unit_name(task_name)
     assert result["log_cmd"] == f"journalctl --user -u babysit-{task_name}"
     assert 1.0 <= result["elapsed_s"] < 30
-    wait_for(lambda: "bye" in journal(unit_name(task_name)), 15, "bye in the journal")
+    wait_for(lambda: "bye" in journal(task_name), 15, "bye in the journal")
     log = babysit("log", f"--name={task_name}", "--tail=15")
     assert log.returncode == 0 and log.stdout.split() == ["hi", "bye"]
+
+
+@pytest.mark.timeout(120)
+def test_lines_journald_reads_after_the_task_ended_are_still_its_own(task_name: str) -> None:
+    """A busy journald reads a short task's line after the task exited, when the writer's cgroup (its
+    unit) can no longer be read: `babysit log` still finds the line, by the identifier systemd sent."""
+    session_control("pause-journald")
+    try:
+        assert babysit("run", f"--name={task_name}", "--command=echo short-lived-line").returncode == 0
+        assert babysit("wait", f"--name={task_name}").returncode == 0
+    finally:
+        session_control("resume-journald")
+    wait_for(lambda: babysit("log", f"--name={task_name}").stdout.split() == ["short-lived-line"], 15,
+             "the line in babysit log")
 
 
 def test_a_failing_command_is_failed_with_its_exit_code(task_name: str) -> None:
@@ -78,8 +92,8 @@ def test_the_task_gets_the_callers_environment_and_directory(task_name: str, tmp
     babysit("run", f"--name={task_name}", '--command=echo "probe=$BABYSIT_PROBE"; echo "cwd=$PWD"',
             env=env, cwd=str(tmp_path))
     assert wait_json(task_name)[0] == 0
-    wait_for(lambda: "cwd=" in journal(unit_name(task_name)), 15, "output")
-    output = journal(unit_name(task_name))
+    wait_for(lambda: "cwd=" in journal(task_name), 15, "output")
+    output = journal(task_name)
     assert "probe=from-the-caller" in output
     assert f"cwd={tmp_path}" in output
 

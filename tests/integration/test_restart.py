@@ -44,7 +44,7 @@ def test_tasks_outlive_a_killed_daemon(task_name: str) -> None:
     assert (waited.returncode, result["status"], result["exit_code"]) == (1, "failed", 4)
     waited = babysit("wait", f"--name={long}")
     assert (waited.returncode, json.loads(waited.stdout)["status"]) == (0, "completed")
-    assert "long-done" in journal(unit_name(long))
+    assert "long-done" in journal(long)
 
 
 def test_wait_survives_a_daemon_restart_by_systemd(task_name: str) -> None:

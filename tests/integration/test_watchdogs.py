@@ -13,8 +13,7 @@ from datetime import datetime
 import pytest
 
 from babysit.host import free_mem_bytes
-from babysit.protocol import unit_name
-from tests.integration.conftest import babysit, daemon_config
+from tests.integration.conftest import babysit, daemon_config, journal
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
@@ -37,10 +36,9 @@ def wait_result(name: str, timeout: float = 90) -> tuple[int, dict, str]:
     return done.returncode, json.loads(done.stdout), done.stderr
 
 
-def line_time(unit: str, text: str, last: bool = False) -> float:
+def line_time(name: str, text: str, last: bool = False) -> float:
     """When the task printed the first (or last) line containing `text` (journald's receive time)."""
-    out = subprocess.run(["journalctl", "--user", "-u", unit, "-o", "json", "--no-pager"], capture_output=True,
-                         text=True).stdout
+    out = journal(name, "json")
     times = [int(e["__REALTIME_TIMESTAMP"]) / 1e6 for e in map(json.loads, out.splitlines())
              if text in str(e.get("MESSAGE", ""))]
     return times[-1] if last else times[0]
@@ -61,7 +59,7 @@ class TestKills:
         code, result, _ = wait_result(task_name)
         assert (code, result["status"], result["kill_reason"]) == (1, "killed", "oom"), result
         assert "--estimated_mem_bytes=" in result["kill_hint"]
-        last = line_time(unit_name(task_name), "at ", last=True)
+        last = line_time(task_name, "at ", last=True)
         figure(f"oom: last output -> recorded kill {1000 * (epoch(result['finished_at']) - last):.0f} ms")
 
     def test_memory_held_at_2_5x_is_stopped_after_the_window(self, task_name: str,
@@ -71,7 +69,7 @@ class TestKills:
         assert (code, result["kill_reason"]) == (1, "mem_2x_sustained"), result
         assert result["peak_mem_bytes"] >= 2 * (64 << 20)
         assert "--estimated_mem_bytes=" in result["kill_hint"] and "peak" in result["kill_hint"]
-        trigger = line_time(unit_name(task_name), "at 128") + TOLERANCE_S  # 2x of 64M from here
+        trigger = line_time(task_name, "at 128") + TOLERANCE_S  # 2x of 64M from here
         figure(f"mem_2x_sustained: window end -> kill {1000 * (epoch(result['finished_at']) - trigger):.0f} ms")
 
     def test_a_cpu_burner_far_above_its_estimate(self, task_name: str, figure: Callable[[str], None]) -> None:
@@ -80,7 +78,7 @@ class TestKills:
         code, result, _ = wait_result(task_name)
         assert (code, result.get("kill_reason")) == (1, "cpu_2x_sustained"), result
         assert "--estimated_cpu_cores=" in result["kill_hint"]
-        start = line_time(unit_name(task_name), "burning")
+        start = line_time(task_name, "burning")
         figure(f"cpu_2x_sustained: start -> kill {epoch(result['finished_at']) - start:.2f} s "
                f"(1 s CPU window + {TOLERANCE_S:.0f} s tolerance)")
 
@@ -141,7 +139,7 @@ def test_host_pressure(task_name: str, daemon: str, figure: Callable[[str], None
                 "--estimated_cpu_cores=0.1")
         code, result, _ = wait_result(task_name)
         assert (code, result["kill_reason"]) == (1, "pressure"), result
-        grown = line_time(unit_name(task_name), "at ", last=True)  # its last step took it past the threshold
+        grown = line_time(task_name, "at ", last=True)  # its last step took it past the threshold
         figure(f"pressure: last growth step -> kill {1000 * (epoch(result['finished_at']) - grown):.0f} ms")
         assert json.loads(babysit("status", f"--name={bystander}", "--json").stdout)["status"] == "running"
         babysit("kill", f"--name={bystander}")

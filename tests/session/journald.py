@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -60,10 +61,20 @@ class Journald:
 
     def restart(self) -> None:
         assert self.process is not None
+        self.resume()  # a paused journald would never see the SIGTERM
         self.process.terminate()
         self.process.wait(timeout=30)
         self._barrier()
         self.start()
+
+    def pause(self) -> None:
+        """Stop journald reading (SIGSTOP), as a journald busy with a flood or starved of CPU does."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def _barrier(self, timeout: float = 10) -> None:
         """Wait until every message the old journald sent is handled: datagrams arrive in order."""
@@ -118,10 +129,12 @@ def serve_control(path: str, owner_uid: int, owner_gid: int, journald: Journald)
             connection, _ = server.accept()
             with connection, connection.makefile("rw") as stream:
                 request = stream.readline().strip()
+                actions = {"restart-journald": journald.restart, "pause-journald": journald.pause,
+                           "resume-journald": journald.resume}
                 try:
-                    if request != "restart-journald":
+                    if request not in actions:
                         raise ValueError(f"unknown request {request!r}")
-                    journald.restart()
+                    actions[request]()
                     stream.write("ok\n")
                 except Exception as e:  # the answer carries it to the test that asked
                     stream.write(f"error: {e}\n")

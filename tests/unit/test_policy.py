@@ -64,6 +64,15 @@ def test_pressure_stops_the_largest_overage_first() -> None:
                                                                                           "within")
 
 
+def test_a_pressure_dip_spares_tasks_within_their_estimates() -> None:
+    """Something outside still allocating: until the pressure lasts, only estimate-exceeders are stopped."""
+    loads = [Load("within", 10 * MiB, 64 * MiB), Load("over", 100 * MiB, 50 * MiB)]
+    assert pressure_victims(loads[:1], free_bytes=498 * MiB, threshold_bytes=500 * MiB, sustained=False).victims == ()
+    assert pressure_victims(loads[:1], free_bytes=498 * MiB, threshold_bytes=500 * MiB).victims == ("within",)
+    assert pressure_victims(loads, free_bytes=395 * MiB, threshold_bytes=500 * MiB, sustained=False).victims == ("over",)
+    assert pressure_victims(loads, free_bytes=395 * MiB, threshold_bytes=500 * MiB).victims == ("over", "within")
+
+
 def test_pressure_from_outside_stops_nothing() -> None:
     loads = [Load("a", 100 * MiB, 50 * MiB)]
     verdict = pressure_victims(loads, free_bytes=100 * MiB, threshold_bytes=500 * MiB)
