@@ -123,7 +123,7 @@ class Client:
                 return
             if message.path == path and message.member == "PropertiesChanged":
                 changed = unwrap(message.body[1])
-                queue.put_nowait(("state", changed.get("State")))
+                queue.put_nowait(("state", changed))
                 if on_progress and "Usage" in changed:
                     on_progress(changed["Usage"])
             elif message.member == "RunawayRisk" and message.body and message.body[0] == name:
@@ -155,8 +155,9 @@ class Client:
             kind, value = await queue.get()
             if kind == "event":
                 emit(value)
-            elif kind == "state" and value and State(value).terminal:
-                status = await self.status(name)
+            elif kind == "state" and value.get("State") and State(value["State"]).terminal:
+                # the terminal JSON comes with the change: the waiting user is spared a Status round trip
+                status = complete(value["Result"]) if value.get("Result") else await self.status(name)
             elif kind == "owner":
                 # babysitd went away or came back: ask again (activation restarts it if it can)
                 status = await self.status(name)

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import time
@@ -24,9 +25,9 @@ from dbus_fast.errors import DBusError
 from babysit import __version__, accounting, config, failpoints, journal, policy, report, store
 from babysit import bus as session_bus
 from babysit.capacity import Decision, Reservation, capacity_report, decide, refusal
-from babysit.cgroup import Layout, OomNotifier, missing_controllers, oom_notifier, read_sample
+from babysit.cgroup import CgroupFiles, Layout, OomNotifier, missing_controllers, oom_notifier, read_sample
 from babysit.host import free_mem_bytes, meminfo, read_host
-from babysit.outcome import UnitEnd, classify, final_usage, has_ended, oom_evidence
+from babysit.outcome import UnitEnd, classify, final_usage, has_ended, oom_evidence, tells_the_exit
 from babysit.protocol import (
     SLICE, UNIT_PREFIX, BabysitError, CapacityExceeded, CapsUnavailable, InvalidArgument, KillReason, NameInUse, NoSuchTask,
     NotRunning, State, log_command, unit_name,
@@ -66,14 +67,21 @@ class Watch:
     timeout_timer: asyncio.TimerHandle | None = None  # its kill_timeout
     stall_timer: asyncio.TimerHandle | None = None  # its next stall check
 
-    def disarm(self) -> None:
-        for timer in (self.timeout_timer, self.stall_timer):
-            if timer:
-                timer.cancel()
     policy: policy.Memory = field(default_factory=policy.Memory)
     oom_kills: int = 0  # cgroup v1 evidence of the OOM killer, as last sampled
     failcnt: int = 0
     oom: OomNotifier | None = None  # cgroup v1: armed once the unit's cgroup exists
+    files: CgroupFiles = field(default_factory=CgroupFiles)  # the figures the sampler reads
+
+    def disarm(self) -> None:
+        for timer in (self.timeout_timer, self.stall_timer):
+            if timer:
+                timer.cancel()
+
+    def close(self) -> None:
+        """Nothing of it runs or stays open any more: its unit is over."""
+        self.disarm()
+        self.files.close()
 
 
 class Daemon:
@@ -447,16 +455,16 @@ class Daemon:
         try:
             unit = unit_name(task.name)
             watch = self.watches.pop(unit_path(unit), Watch(task.id))
-            watch.disarm()
-            try:
-                props = {**watch.props, **await self.unit_properties(unit)}
-            except DBusError:
-                props = watch.props  # already unloaded: the signals carried the end
+            watch.close()
+            final, props = accounting.read(self.record_of(task)), watch.props
+            if not tells_the_exit(final):  # then ask systemd all it knows (two big replies: ms the waiter waits)
+                with contextlib.suppress(DBusError):  # already unloaded: the signals carried the end
+                    props = {**watch.props, **await self.unit_properties(unit)}
             if watch.oom:
                 asyncio.get_running_loop().remove_reader(watch.oom.fd)
                 watch.oom.on_readable()  # a wake not yet delivered
                 watch.oom.close()
-            await self.conclude(self.by_id(task.id) or task, watch, props, accounting.read(self.record_of(task)))
+            await self.conclude(self.by_id(task.id) or task, watch, props, final)
         finally:
             self._finishing.discard(task.id)
 
@@ -537,7 +545,7 @@ class Daemon:
 
     def sample(self, task: Task, watch: Watch) -> Task:
         """Memory now and peak, CPU seconds and cores over the window, from the unit's cgroup."""
-        sample = read_sample(self.layout, self.cgroup_of(task))
+        sample = read_sample(self.layout, self.cgroup_of(task), watch.files)
         if sample is None:
             return task
         now = time.monotonic()
@@ -635,13 +643,15 @@ class Daemon:
         """Low free memory: stop babysit's own culprits, or note pressure that comes from elsewhere."""
         running = [t for t in self.tasks.values() if t.state == State.RUNNING and not t.kill_requested]
         loads = [policy.Load(t.name, t.usage.mem_bytes, t.spec.estimates.mem_bytes) for t in running]
+        stopping = sum(t.usage.mem_bytes for t in self.tasks.values()
+                       if t.state == State.RUNNING and t.kill_requested)
         free, threshold, now = free_mem_bytes(), self.pressure_threshold(), time.monotonic()
         if free >= threshold:
             self.pressure_since = None
         elif self.pressure_since is None:
             self.pressure_since = now
         sustained = self.pressure_since is not None and now - self.pressure_since >= self.config.pressure_grace_s
-        verdict = policy.pressure_victims(loads, free, threshold, sustained)
+        verdict = policy.pressure_victims(loads, free, threshold, sustained, stopping)
         if verdict.external:
             if not self.external_pressure:
                 log.warning("host memory pressure from outside babysit (%d bytes short); nothing stopped",
@@ -705,6 +715,9 @@ async def serve() -> None:
     from babysit.service import BusService  # the D-Bus adapter; the scheduler above does not need it
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # a few cgroup files stay open per running task (cgroup.CgroupFiles): the usual soft limit of 1024
+    # descriptors would cap the number of tasks
+    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
     bus = await session_bus.connect()
     systemd = Systemd(bus)
     settings = config.load()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from babysit.accounting import FinalAccounting
 from babysit.protocol import KillReason, State
@@ -36,10 +36,15 @@ class UnitEnd:
     def of(cls, props: Mapping[str, Any], final: FinalAccounting | None) -> UnitEnd:
         """From the unit's properties, corrected by its final accounting, which was written at the end."""
         end = cls.from_properties(props)
-        if final is None or final.exit_code not in EXIT_CODES or final.exit_status is None:
+        if not tells_the_exit(final):
             return end
         return cls(end.active_state, end.sub_state, final.result or end.result, EXIT_CODES[final.exit_code],
                    final.exit_status, final.manager_state == "stopping")
+
+
+def tells_the_exit(final: FinalAccounting | None) -> TypeGuard[FinalAccounting]:
+    """Whether a final record says how the main process ended (then systemd need not be asked)."""
+    return final is not None and final.exit_code in EXIT_CODES and final.exit_status is not None
 
 
 def has_ended(props: Mapping[str, Any], started: bool) -> bool:

@@ -100,16 +100,17 @@ class PressureVerdict:
     shortfall_bytes: int
 
 
-def pressure_victims(loads: Sequence[Load], free_bytes: int, threshold_bytes: int,
-                     sustained: bool = True) -> PressureVerdict:
+def pressure_victims(loads: Sequence[Load], free_bytes: int, threshold_bytes: int, sustained: bool = True,
+                     stopping_bytes: int = 0) -> PressureVerdict:
     """Whom to stop when free memory is below the threshold.
 
     Estimate-exceeders go first, largest overage first; tasks within their estimates only while the
     shortfall remains, and only once the pressure is `sustained`: a dip while something outside is
-    still allocating must not cost a well-behaved task its run. If all of babysit's tasks together
-    use less than the shortfall, the pressure is someone else's: stop nothing.
+    still allocating must not cost a well-behaved task its run. What tasks already being stopped still
+    hold (`stopping_bytes`) is as good as free: it must not cost another task its run either. If all of
+    babysit's tasks together use less than the shortfall, the pressure is someone else's: stop nothing.
     """
-    shortfall = threshold_bytes - free_bytes
+    shortfall = threshold_bytes - free_bytes - stopping_bytes
     if shortfall <= 0:
         return PressureVerdict((), False, 0)
     if sum(load.mem_bytes for load in loads) < shortfall:

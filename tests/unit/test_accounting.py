@@ -90,6 +90,7 @@ def test_a_stop_by_a_stopping_user_manager_is_unknown_not_a_failure(tmp_path: Pa
 
 def test_not_a_record() -> None:
     assert accounting.parse("") is None and accounting.parse("garbage") is None
+    assert accounting.parse("result=success\nexit_code=exited\n") is None  # not whole
 
 
 def test_the_record_corrects_what_the_signals_said() -> None:

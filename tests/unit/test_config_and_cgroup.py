@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from babysit import config
-from babysit.cgroup import CLOCK_TICKS, Layout, missing_controllers, parse_cpu_stat, parse_proc_stat_cpu, read_sample
+from babysit.cgroup import CLOCK_TICKS, CgroupFiles, Layout, missing_controllers, parse_cpu_stat, parse_proc_stat_cpu, read_sample
 from babysit.protocol import InvalidArgument
 
 V1_MOUNTINFO = """\
@@ -39,11 +39,17 @@ def test_read_sample_v1(tmp_path: Path) -> None:
     (mem / "memory.failcnt").write_text("3\n")
     (cpu / "cpuacct.usage").write_text("1500000000\n")
     layout = Layout(tmp_path / "memory", tmp_path / "cpuacct", v2=False)
-    sample = read_sample(layout, "/" + unit)
+    files = CgroupFiles()
+    sample = read_sample(layout, "/" + unit, files)
     assert sample is not None
     assert (sample.mem_bytes, sample.peak_mem_bytes, sample.cpu_ns, sample.mem_failcnt) == (1 << 20, 2 << 20,
                                                                                             1_500_000_000, 3)
-    assert read_sample(layout, "/user.slice/gone.service") is None
+    # the files stay open and are read afresh in place
+    (mem / "memory.usage_in_bytes").write_text("2097152\n")
+    sample = read_sample(layout, "/" + unit, files)
+    assert sample is not None and sample.mem_bytes == 2 << 20
+    files.close()
+    assert read_sample(layout, "/user.slice/gone.service", CgroupFiles()) is None
 
 
 def test_read_sample_v2(tmp_path: Path) -> None:
@@ -52,7 +58,7 @@ def test_read_sample_v2(tmp_path: Path) -> None:
     (unit / "memory.current").write_text("4096\n")
     (unit / "memory.peak").write_text("8192\n")
     (unit / "cpu.stat").write_text("usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n")
-    sample = read_sample(Layout(tmp_path, tmp_path, v2=True), "/babysit.slice/babysit-x.service")
+    sample = read_sample(Layout(tmp_path, tmp_path, v2=True), "/babysit.slice/babysit-x.service", CgroupFiles())
     assert sample is not None and (sample.mem_bytes, sample.peak_mem_bytes, sample.cpu_ns) == (4096, 8192, 2_500_000)
     assert parse_cpu_stat("usage_usec 7\n") == 7000
 
@@ -79,6 +85,6 @@ def test_v1_without_cpuacct_counts_the_processes(tmp_path: Path) -> None:
     unit.mkdir(parents=True)
     (unit / "memory.usage_in_bytes").write_text("4096\n")
     (unit / "cgroup.procs").write_text(f"{os.getpid()}\n")
-    sample = read_sample(Layout(tmp_path / "memory", tmp_path / "cpuacct", v2=False), "/u.service")
+    sample = read_sample(Layout(tmp_path / "memory", tmp_path / "cpuacct", v2=False), "/u.service", CgroupFiles())
     assert sample is not None  # this very process, as the only one in the cgroup
     assert sample.cpu_ns == pytest.approx(sum(os.times()[:4]) * 1e9, abs=2e9 / CLOCK_TICKS)

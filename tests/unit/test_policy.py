@@ -73,6 +73,14 @@ def test_a_pressure_dip_spares_tasks_within_their_estimates() -> None:
     assert pressure_victims(loads, free_bytes=395 * MiB, threshold_bytes=500 * MiB).victims == ("over", "within")
 
 
+def test_memory_still_held_by_a_task_being_stopped_counts_as_freed() -> None:
+    """The runaway's stop is under way: the bystander is not stopped for the memory the runaway still holds."""
+    bystander = [Load("bystander", 10 * MiB, 64 * MiB)]
+    assert pressure_victims(bystander, free_bytes=495 * MiB, threshold_bytes=500 * MiB,
+                            stopping_bytes=250 * MiB).victims == ()
+    assert pressure_victims(bystander, free_bytes=495 * MiB, threshold_bytes=500 * MiB).victims == ("bystander",)
+
+
 def test_pressure_from_outside_stops_nothing() -> None:
     loads = [Load("a", 100 * MiB, 50 * MiB)]
     verdict = pressure_victims(loads, free_bytes=100 * MiB, threshold_bytes=500 * MiB)
