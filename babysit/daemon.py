@@ -72,6 +72,7 @@ class Watch:
     failcnt: int = 0
     oom: OomNotifier | None = None  # cgroup v1: armed once the unit's cgroup exists
     files: CgroupFiles = field(default_factory=CgroupFiles)  # the figures the sampler reads
+    next_sample_at: float = 0.0  # monotonic; see policy.sample_interval
 
     def disarm(self) -> None:
         for timer in (self.timeout_timer, self.stall_timer):
@@ -514,14 +515,19 @@ class Daemon:
         while True:
             await asyncio.sleep(self.config.tick_s)
             failpoints.check("sample_loop", once=True)
+            now, free = time.monotonic(), free_mem_bytes()
+            pressure = free < self.pressure_threshold()  # then every task's figures must be fresh
             for watch in list(self.watches.values()):
                 task = self.by_id(watch.task_id)
-                if task and task.state == State.RUNNING:
+                if task and task.state == State.RUNNING and (pressure or now >= watch.next_sample_at):
                     with self.isolated(task, "sampling it"):
                         failpoints.check("sample_task", task.name)
                         task = self.sample(task, watch)
                         await self.police(task, watch)
-            await self.check_pressure()
+                        watch.next_sample_at = now + policy.sample_interval(
+                            task.usage.mem_bytes, task.usage.cpu_cores, task.spec.estimates, self.config.tick_s,
+                            self.config.tolerance_s) - self.config.tick_s / 2  # due on the tick nearest to it
+            await self.check_pressure(free)
 
     @contextlib.contextmanager
     def isolated(self, task: Task, doing: str) -> Iterator[None]:
@@ -639,13 +645,13 @@ class Daemon:
             return self.config.pressure_free_bytes
         return int(meminfo()["MemTotal"] * self.config.pressure_free_pct / 100)
 
-    async def check_pressure(self) -> None:
+    async def check_pressure(self, free: int) -> None:
         """Low free memory: stop babysit's own culprits, or note pressure that comes from elsewhere."""
         running = [t for t in self.tasks.values() if t.state == State.RUNNING and not t.kill_requested]
         loads = [policy.Load(t.name, t.usage.mem_bytes, t.spec.estimates.mem_bytes) for t in running]
         stopping = sum(t.usage.mem_bytes for t in self.tasks.values()
                        if t.state == State.RUNNING and t.kill_requested)
-        free, threshold, now = free_mem_bytes(), self.pressure_threshold(), time.monotonic()
+        threshold, now = self.pressure_threshold(), time.monotonic()
         if free >= threshold:
             self.pressure_since = None
         elif self.pressure_since is None:

@@ -60,6 +60,19 @@ def stalled(last_output_at: float, now: float, interval_s: float) -> bool:
     return now - last_output_at >= interval_s
 
 
+CALM_SAMPLE_MAX_S = 5.0
+
+
+def sample_interval(mem_bytes: int, cpu_cores: float, est: Estimates, tick_s: float, tolerance_s: float) -> float:
+    """How soon a task needs its next sample: each tick while it uses more than half of an estimate.
+
+    A task well within both is sampled less often (watching must not cost what it guards), but often
+    enough that a 2x window still starts within a sixth of the tolerance, and never less than every 5 s.
+    """
+    calm = mem_bytes <= est.mem_bytes / 2 and cpu_cores <= est.cpu_cores / 2
+    return max(tick_s, min(CALM_SAMPLE_MAX_S, tolerance_s / 6)) if calm else tick_s
+
+
 def evaluate(obs: Observation, est: Estimates, memory: Memory, tolerance_s: float) -> Verdict:
     """Warn the first time each estimate is exceeded; stop a task that is 2x over for the whole
     tolerance window. (kill_timeout and stalls are deadlines, not samples: see `stalled`.)"""

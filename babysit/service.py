@@ -30,16 +30,17 @@ if TYPE_CHECKING:
 DBusDictList = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
 
 
+SCALARS = {bool: "b", int: "x", float: "d", str: "s"}  # by exact type: a bool is an int too
+
+
 def to_variant(value: Any) -> Variant:
     """A plain value as a Variant; D-Bus has no null, so callers drop None first."""
-    if isinstance(value, bool):
-        return Variant("b", value)
-    if isinstance(value, int):
-        return Variant("x", value)
-    if isinstance(value, float):
-        return Variant("d", value)
-    if isinstance(value, str):
-        return Variant("s", value)
+    scalar = SCALARS.get(type(value))
+    if scalar:  # nearly every value: one lookup instead of a chain of isinstance (List of a long queue)
+        return Variant(scalar, value)
+    for kind, signature in SCALARS.items():  # their subclasses (enums)
+        if isinstance(value, kind):
+            return Variant(signature, kind(value))
     if isinstance(value, dict):
         return Variant("a{sv}", to_dict(value))
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,12 +46,12 @@ class Row:
 
     def cells(self) -> list[str]:
         ratio = f"{self.babysit / self.floor:.1f}x" if self.floor else ""
-        floor = "" if self.floor is None else f"{self.floor:.{self.digits}f} {self.unit}"
-        return [self.figure, f"{self.babysit:.{self.digits}f} {self.unit}", floor, ratio, self.floor_name]
+        floor = "" if self.floor is None else self.shown(self.floor)
+        return [self.figure, self.shown(self.babysit), floor, ratio, self.floor_name]
 
-    @property
-    def digits(self) -> int:
-        return 0 if self.unit == "ms" and self.babysit >= 10 else 2 if self.unit != "MiB" else 1
+    def shown(self, value: float) -> str:
+        digits = 0 if self.unit == "ms" and value >= 10 else 2 if self.unit != "MiB" else 1
+        return f"{value:.{digits}f} {self.unit}"
 
 
 def ms(seconds: float) -> float:
@@ -152,13 +154,13 @@ async def exit_to_return(signals: UnitSignals, n: int) -> list[Row]:
 # --- 3. CLI cold start ------------------------------------------------------------------------------
 
 
-def wall(argv: list[str] | Callable[[], list[str]], n: int) -> float:
+def wall(argv: list[str] | Callable[[], list[str]], n: int, env: dict[str, str] | None = None) -> float:
     """The median wall time of a command; a callable makes its command line afresh each time."""
     samples = []
     for _ in range(n):
         command = argv() if callable(argv) else argv
         start = time.monotonic()
-        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         samples.append(time.monotonic() - start)
     return median_ms(samples)
 
@@ -198,13 +200,13 @@ def cold_start(n: int, work: Path) -> tuple[list[Row], str]:
 
 
 def heaviest_imports(argv: list[str], top: int = 8) -> str:
-    """The top-level packages `babysit ping` imports, by cumulative import time."""
+    """The packages `babysit ping` imports, by the time spent in their own modules."""
     err = subprocess.run(argv, capture_output=True, text=True).stderr
     totals: dict[str, int] = {}
     for line in err.splitlines():
-        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
-        if match and len(match.group(2)) == 1:  # a top-level import, with everything it pulled in
-            package = match.group(3).split(".")[0]
+        match = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)", line)
+        if match:
+            package = match.group(2).split(".")[0]
             totals[package] = totals.get(package, 0) + int(match.group(1))
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
     return ", ".join(f"{name} {us / 1000:.0f} ms" for name, us in ranked)
@@ -279,7 +281,7 @@ async def until_all(client: Client, names: list[str], done: Callable[[State], bo
 # --- 5. throughput ----------------------------------------------------------------------------------
 
 
-async def throughput(client: Client, n: int) -> list[Row]:
+async def throughput(client: Client, systemd: Systemd, signals: UnitSignals, n: int) -> list[Row]:
     names = [f"tp-{uuid.uuid4().hex[:6]}-{i}" for i in range(n)]
     start = time.monotonic()
     for name in names:
@@ -289,11 +291,142 @@ async def throughput(client: Client, n: int) -> list[Row]:
     start = time.monotonic()
     for _ in range(n):
         await (await spawn("systemd-run", "--user", "--quiet", "--wait", "true")).wait()
-    return [Row(f"{n} short tasks, submit -> all terminal", babysit_s, time.monotonic() - start,
-                "loop of `systemd-run --user --wait`", "s")]
+    sequential_s = time.monotonic() - start
+    # what the user manager itself manages: every unit started at once, each waited for
+    units = [f"floor-{uuid.uuid4().hex[:6]}-{i}.service" for i in range(n)]
+    start = time.monotonic()
+    await asyncio.gather(*(systemd.start_transient_unit(unit, {"ExecStart": [("/bin/true", ["/bin/true"], False)]})
+                           for unit in units))
+    for unit in units:
+        await signals.until(unit, ended, 120)
+    parallel_s = time.monotonic() - start
+    figure = f"{n} short tasks, submit -> all terminal"
+    return [Row(figure, babysit_s, sequential_s, "loop of `systemd-run --user --wait`", "s"),
+            Row(figure, babysit_s, parallel_s, "systemd alone: all started at once over D-Bus", "s")]
 
 
-# --- 6. reaction: trigger -> kill -------------------------------------------------------------------
+# --- 6. scale: a long queue, a long history --------------------------------------------------------
+
+
+async def scale(client: Client, queued: int, history: int, n: int) -> list[Row]:
+    """List of a long queue, and Run and Status calls once the history is long, against a Ping round trip.
+
+    A holder takes every core, so the other tasks queue (Run then starts no unit: the call's own cost);
+    killing them from the queue makes each a finished run in the history.
+    """
+    async def call_ms(method: str, signature: str, body: list) -> float:
+        start = time.perf_counter()
+        await client.call(method, signature, body)
+        return ms(time.perf_counter() - start)
+
+    holder = f"holder-{uuid.uuid4().hex[:6]}"
+    cores = str(os.cpu_count())
+    await client.call("Run", "a{sv}b", [run_spec(holder, "sleep 100000", **{**BENCH, "estimated_cpu_cores": cores,
+                                                                          "cpu_pct_limit": "100"}), True])
+    ping = statistics.median([await call_ms("Ping", "", []) for _ in range(n)])
+    list_ms, run_ms, status_ms = 0.0, [], []
+    for round_ in range(max(1, history // queued)):
+        names = [f"scale-{uuid.uuid4().hex[:6]}-{i}" for i in range(queued)]
+        for name in names:
+            await client.call("Run", "a{sv}b", [spec(name, "true"), True])
+        if round_ == 0:
+            list_ms = statistics.median([await call_ms("List", "b", [False]) for _ in range(n)])
+        for name in names:
+            await client.call("Kill", "s", [name])
+    for _ in range(n):
+        name = f"scale-{uuid.uuid4().hex[:6]}"
+        run_ms.append(await call_ms("Run", "a{sv}b", [spec(name, "true"), True]))
+        status_ms.append(await call_ms("Status", "s", [name]))
+        await client.call("Kill", "s", [name])
+    await client.call("Kill", "s", [holder])
+    floor = "`Ping` round trip"
+    return [Row(f"`List` of {queued} queued tasks", list_ms, ping, floor),
+            Row(f"`Run` (queued) with {history} runs in the history", statistics.median(run_ms), ping, floor),
+            Row(f"`Status` with {history} runs in the history", statistics.median(status_ms), ping, floor)]
+
+
+# --- 7. peers: task-spooler and nq, doing the same jobs from a shell ----------------------------------
+
+
+PEERS = {"tsp": "task-spooler", "nq": "nq"}
+STAMP = "sleep 1; echo $EPOCHREALTIME > {}"  # the job's last statement: when it ended, to the microsecond
+
+
+async def peers(client: Client, n_submit: int, n_drain: int, n_wake: int, work: Path) -> list[Row]:
+    """Submit latency, jobs drained and wake-up after a job's end, for babysit's CLI and each peer's.
+
+    Jobs are submitted with each tool's CLI, as from a shell. To wait for many babysit jobs, one D-Bus
+    client watches them all (a `babysit wait` per job would time 300 interpreter starts instead).
+    """
+    missing = [package for tool, package in PEERS.items() if not shutil.which(tool)]
+    if missing:
+        print(f"bench: peers skipped; apt-get install {' '.join(missing)}", file=sys.stderr)
+        return []
+    env = {**os.environ, "TS_SOCKET": str(work / "tsp.socket"), "TMPDIR": str(work), "NQDIR": str(work / "nq")}
+    subprocess.run(["tsp", "-S", str(os.cpu_count())], env=env, check=True)  # as many slots as cores
+    tools = ["babysit", *PEERS]
+    latency = {tool: statistics.median(timed(lambda: submit(tool, "true", env)) for _ in range(n_submit))
+               for tool in tools}
+    drained = {}
+    for tool in tools:
+        start = time.monotonic()
+        jobs = [submit(tool, "true", env) for _ in range(n_drain)]
+        if tool == "babysit":
+            await until_all(client, jobs, lambda s: s.terminal, 600)
+        else:
+            wait_for_jobs(tool, jobs, env)
+        drained[tool] = time.monotonic() - start
+    wake: dict[str, list[float]] = {tool: [] for tool in (*tools, "systemd-run")}
+    for i in range(n_wake):
+        for tool in wake:
+            stamp = work / f"stamp-{tool}-{i}"
+            if tool == "systemd-run":
+                subprocess.run(["systemd-run", "--user", "--quiet", "--wait", "bash", "-c", STAMP.format(stamp)],
+                               check=True)
+            else:
+                wait_for_jobs(tool, [submit(tool, STAMP.format(stamp), env)], env)
+            wake[tool].append(time.time() - float(stamp.read_text()))
+    subprocess.run(["tsp", "-K"], env=env, capture_output=True)
+    rows = []
+    for tool in PEERS:
+        rows += [Row("submit a job from a shell", ms(latency["babysit"]), ms(latency[tool]), f"`{tool}`"),
+                 Row(f"{n_drain} `true` jobs from a shell, submit -> all done", drained["babysit"], drained[tool],
+                     f"`{tool}`", "s"),
+                 Row("job's last statement -> waiter returns", median_ms(wake["babysit"]), median_ms(wake[tool]),
+                     f"`{tool} -w`")]
+    rows.append(Row("job's last statement -> waiter returns", median_ms(wake["babysit"]),
+                    median_ms(wake["systemd-run"]), "`systemd-run --user --wait`"))
+    return rows
+
+
+def timed(action: Callable[[], object]) -> float:
+    start = time.monotonic()
+    action()
+    return time.monotonic() - start
+
+
+def submit(tool: str, command: str, env: dict[str, str]) -> str:
+    """Queue `command` with `tool` the way a shell user would; the job's id for its waiter."""
+    if tool == "babysit":
+        name = f"peer-{uuid.uuid4().hex[:8]}"
+        subprocess.run([BABYSIT, "run", f"--name={name}", f"--command={command}", "--force", *flags()], check=True,
+                       capture_output=True)
+        return name
+    argv = {"tsp": ["tsp"], "nq": ["nq"]}[tool] + ["bash", "-c", command]
+    return subprocess.run(argv, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def wait_for_jobs(tool: str, jobs: list[str], env: dict[str, str]) -> None:
+    """Until every job is over, as each tool's own waiter sees it."""
+    if tool == "nq":
+        subprocess.run(["nq", "-w", *jobs], env=env, capture_output=True)
+        return
+    for job in jobs:
+        argv = [BABYSIT, "wait", f"--name={job}"] if tool == "babysit" else ["tsp", "-w", job]
+        subprocess.run(argv, env=env, capture_output=True)
+
+
+# --- 8. reaction: trigger -> kill -------------------------------------------------------------------
 
 
 def reactions() -> list[str]:
@@ -332,15 +465,21 @@ async def main(quick: bool, only: str | None) -> None:
         ("cold start", cold),
         ("submit -> active", lambda: submit_to_active(signals, client, systemd, 5 if quick else 10)),
         ("exit -> return", lambda: exit_to_return(signals, 3 if quick else 8)),
-        ("throughput", lambda: throughput(client, 60 if quick else 300)),
+        ("throughput", lambda: throughput(client, systemd, signals, 60 if quick else 300)),
         ("daemon cost", lambda: daemon_cost(client, 10 if quick else 60, 100)),
         ("flood cost", lambda: flood_cost(client, 5 if quick else 10)),
+        ("scale", lambda: scale(client, 200 if quick else 1000, 1000 if quick else 10_000, 11)),
+        ("peers", lambda: peers(client, 5 if quick else 15, 60 if quick else 300, 3 if quick else 8,
+                                Path(work.name))),
     ]
     rows: list[Row] = []
     for label, step in steps:
         if only is None or only in label:
             print(f"bench: {label} ...", file=sys.stderr, flush=True)
-            rows += await step()
+            done = await step()
+            for row in done:  # as they come: a step that fails later loses none of them
+                print(f"bench:   {' | '.join(row.cells())}", file=sys.stderr, flush=True)
+            rows += done
     kills = []
     if only is None:
         print("bench: reactions (tests/integration/test_watchdogs.py) ...", file=sys.stderr, flush=True)

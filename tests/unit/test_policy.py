@@ -1,7 +1,7 @@
 import pytest
 
 from babysit.outcome import UnitEnd, classify, oom_evidence
-from babysit.policy import Load, Memory, Observation, evaluate, pressure_victims, stalled
+from babysit.policy import Load, Memory, Observation, evaluate, pressure_victims, sample_interval, stalled
 from babysit.protocol import KillReason, State
 from babysit.task import Estimates
 
@@ -52,6 +52,15 @@ def test_a_stall_is_a_whole_interval_without_a_line() -> None:
 def test_samples_never_decide_timeouts_or_stalls() -> None:
     """Those are the daemon's timers (exact to the deadline); a sample past them changes nothing."""
     assert evaluate(Observation(0, 10_000, 0, 0), EST, Memory(), TOLERANCE).kill is None
+
+
+def test_a_task_well_within_its_estimates_is_sampled_less_often() -> None:
+    est = EST
+    assert sample_interval(est.mem_bytes // 4, est.cpu_cores / 4, est, tick_s=1, tolerance_s=30) == 5
+    assert sample_interval(est.mem_bytes, est.cpu_cores / 4, est, tick_s=1, tolerance_s=30) == 1  # near its memory
+    assert sample_interval(0, est.cpu_cores, est, tick_s=1, tolerance_s=30) == 1  # near its CPU
+    assert sample_interval(0, 0, est, tick_s=0.25, tolerance_s=2) == pytest.approx(2 / 6)  # a short window
+    assert sample_interval(0, 0, est, tick_s=1, tolerance_s=2) == 1  # never more often than each tick
 
 
 def test_pressure_stops_the_largest_overage_first() -> None:
