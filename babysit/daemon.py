@@ -515,8 +515,8 @@ class Daemon:
         while True:
             await asyncio.sleep(self.config.tick_s)
             failpoints.check("sample_loop", once=True)
-            now, free = time.monotonic(), free_mem_bytes()
-            pressure = free < self.pressure_threshold()  # then every task's figures must be fresh
+            now, free, threshold = time.monotonic(), free_mem_bytes(), self.pressure_threshold()
+            pressure = free < threshold  # then every task's figures must be fresh
             for watch in list(self.watches.values()):
                 task = self.by_id(watch.task_id)
                 if task and task.state == State.RUNNING and (pressure or now >= watch.next_sample_at):
@@ -527,7 +527,7 @@ class Daemon:
                         watch.next_sample_at = now + policy.sample_interval(
                             task.usage.mem_bytes, task.usage.cpu_cores, task.spec.estimates, self.config.tick_s,
                             self.config.tolerance_s) - self.config.tick_s / 2  # due on the tick nearest to it
-            await self.check_pressure(free)
+            await self.check_pressure(free, threshold)
 
     @contextlib.contextmanager
     def isolated(self, task: Task, doing: str) -> Iterator[None]:
@@ -645,13 +645,13 @@ class Daemon:
             return self.config.pressure_free_bytes
         return int(meminfo()["MemTotal"] * self.config.pressure_free_pct / 100)
 
-    async def check_pressure(self, free: int) -> None:
+    async def check_pressure(self, free: int, threshold: int) -> None:
         """Low free memory: stop babysit's own culprits, or note pressure that comes from elsewhere."""
         running = [t for t in self.tasks.values() if t.state == State.RUNNING and not t.kill_requested]
         loads = [policy.Load(t.name, t.usage.mem_bytes, t.spec.estimates.mem_bytes) for t in running]
         stopping = sum(t.usage.mem_bytes for t in self.tasks.values()
                        if t.state == State.RUNNING and t.kill_requested)
-        threshold, now = self.pressure_threshold(), time.monotonic()
+        now = time.monotonic()
         if free >= threshold:
             self.pressure_since = None
         elif self.pressure_since is None:

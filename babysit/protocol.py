@@ -59,7 +59,12 @@ def output_matches(task: str) -> list[str]:
     journald learns a line's unit from the writer's cgroup when it reads the line; a line it reads after
     a short-lived writer exited has no unit, but still the identifier systemd sent when it connected.
     """
-    return [f"_SYSTEMD_USER_UNIT={unit_name(task)}", "+", f"SYSLOG_IDENTIFIER={UNIT_PREFIX}{task}"]
+    return [f"_SYSTEMD_USER_UNIT={unit_name(task)}", "+", f"SYSLOG_IDENTIFIER={log_identifier(task)}"]
+
+
+def log_identifier(task: str) -> str:
+    """The SyslogIdentifier of a task's unit: the unit's name without `.service`."""
+    return f"{UNIT_PREFIX}{task}"
 
 
 def task_path(task: str) -> str:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from babysit.protocol import SLICE, UNIT_PREFIX
+from babysit.protocol import SLICE, log_identifier
 from babysit.task import Buffering, Caps, Task, TaskSpec
 
 USEC = 1_000_000
@@ -95,7 +95,7 @@ def start_properties(task: Task, stop_grace_s: float, stop_post: tuple[str, list
         "TasksAccounting": True,
         "StandardOutput": "journal",
         "StandardError": "journal",
-        "SyslogIdentifier": f"{UNIT_PREFIX}{spec.name}",  # see protocol.output_matches
+        "SyslogIdentifier": log_identifier(spec.name),  # see protocol.output_matches
         # no LogRateLimit*: journald honours them for system units only (babysitd warns about its own limit)
         **cap_properties(task.caps),
         "RuntimeMaxUSec": int(task.caps.runtime_max_s * USEC),
