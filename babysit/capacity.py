@@ -39,30 +39,45 @@ class Decision:
     reason: str = ""  # why not, in words
 
 
-def decide(host: Host, free_mem_bytes: int, running: Sequence[Reservation], mem_bytes: int, cpu_cores: float,
-           queued: Sequence[str] = ()) -> Decision:
-    """Admit now, or refuse with the figures that explain why.
+def room(host: Host, free_mem_bytes: int, running: Sequence[Reservation]) -> Room:
+    """What is left for one more task.
 
     A running task reserves its estimates, its CPU counted as at most the host's cores. The room left is
     the budget minus the reservations, and never more than the memory actually free once the running
-    tasks grow to their estimates. Tasks already queued go first, so nothing overtakes them.
+    tasks grow to their estimates.
     """
-    if mem_bytes <= 0 or cpu_cores <= 0:
-        raise InvalidArgument("memory and CPU estimates must be more than 0")
-    requested = Room(mem_bytes, min(cpu_cores, host.cores))
     still_to_grow = sum(max(0, r.mem_bytes - r.mem_used_bytes) for r in running)
-    available = Room(
+    return Room(
         mem_bytes=max(0, min(host.mem_bytes - sum(r.mem_bytes for r in running), free_mem_bytes - still_to_grow)),
         cpu_cores=max(0.0, host.cores - sum(min(r.cpu_cores, host.cores) for r in running)),
     )
+
+
+def shortfall(requested: Room, available: Room, queued_ahead: int) -> str:
+    """Why a task cannot start now, in words; empty when it can. Tasks already queued go first."""
     reasons = []
-    if queued:
-        reasons.append(f"{len(queued)} queued task(s) go first")
+    if queued_ahead:
+        reasons.append(f"{queued_ahead} queued task(s) go first")
     if requested.mem_bytes > available.mem_bytes:
         reasons.append("not enough memory")
     if requested.cpu_cores > available.cpu_cores + 1e-9:
         reasons.append("not enough CPU")
-    return Decision(not reasons, requested, available, tuple(running), tuple(queued), "; ".join(reasons))
+    return "; ".join(reasons)
+
+
+def requested_room(host: Host, mem_bytes: int, cpu_cores: float) -> Room:
+    """What a task asks for, its CPU counted as at most the host's cores."""
+    if mem_bytes <= 0 or cpu_cores <= 0:
+        raise InvalidArgument("memory and CPU estimates must be more than 0")
+    return Room(mem_bytes, min(cpu_cores, host.cores))
+
+
+def decide(host: Host, free_mem_bytes: int, running: Sequence[Reservation], mem_bytes: int, cpu_cores: float,
+           queued: Sequence[str] = ()) -> Decision:
+    """Admit now, or refuse with the figures that explain why."""
+    requested, available = requested_room(host, mem_bytes, cpu_cores), room(host, free_mem_bytes, running)
+    reason = shortfall(requested, available, len(queued))
+    return Decision(not reason, requested, available, tuple(running), tuple(queued), reason)
 
 
 def refusal(name: str, decision: Decision) -> dict[str, Any]:
@@ -84,15 +99,15 @@ def refusal(name: str, decision: Decision) -> dict[str, Any]:
 def capacity_report(host: Host, free_mem_bytes: int, running: Sequence[Reservation],
                     queued: Sequence[str]) -> dict[str, Any]:
     """The figures behind every decision, as Capacity() returns them."""
-    probe = decide(host, free_mem_bytes, running, 1, 1e-9)
+    available = room(host, free_mem_bytes, running)
     return {
         "host_mem_bytes": host.mem_bytes,
         "host_cpu_cores": host.cores,
         "free_mem_bytes": free_mem_bytes,
         "reserved_mem_bytes": sum(r.mem_bytes for r in running),
         "reserved_cpu_cores": round(sum(min(r.cpu_cores, host.cores) for r in running), 3),
-        "available_mem_bytes": probe.available.mem_bytes,
-        "available_cpu_cores": round(probe.available.cpu_cores, 3),
+        "available_mem_bytes": available.mem_bytes,
+        "available_cpu_cores": round(available.cpu_cores, 3),
         "running": [{"name": r.name, "mem_bytes": r.mem_bytes, "cpu_cores": r.cpu_cores,
                      "mem_used_bytes": r.mem_used_bytes} for r in running],
         "queued": list(queued),

@@ -24,7 +24,7 @@ from dbus_fast.errors import DBusError
 
 from babysit import __version__, accounting, config, failpoints, journal, policy, report, store
 from babysit import bus as session_bus
-from babysit.capacity import Decision, Reservation, capacity_report, decide, refusal
+from babysit.capacity import Decision, Reservation, capacity_report, decide, refusal, requested_room, room, shortfall
 from babysit.cgroup import CgroupFiles, Layout, OomNotifier, missing_controllers, oom_notifier, read_sample
 from babysit.host import free_mem_bytes, meminfo, read_host
 from babysit.outcome import UnitEnd, classify, final_usage, has_ended, oom_evidence, tells_the_exit
@@ -294,38 +294,40 @@ class Daemon:
         await self.drain()
 
     def status(self, name: str) -> dict[str, Any]:
-        return self.describe([self.latest(name)])[0]
+        ((task, now_known),) = self.describe([self.latest(name)])
+        return report.status(task, time.time()) | now_known
 
-    async def list(self, include_terminal: bool, batch: int = 50) -> AsyncIterator[list[dict[str, Any]]]:
-        """Tasks' status in batches, letting other clients in between: a long history is a long reply."""
+    async def list(self, include_terminal: bool, batch: int = 50) -> AsyncIterator[list[tuple[Task, dict[str, Any]]]]:
+        """Tasks with what `describe` adds, in batches, letting other clients in between: a long history is
+        a long reply."""
         batches = self.store.history(batch) if include_terminal else [list(self.tasks.values())]
         for tasks in batches:
             yield self.describe(tasks)
             await asyncio.sleep(0)
 
-    def describe(self, tasks: list[Task]) -> list[dict[str, Any]]:
-        """Tasks' status; a queued one also says its place in the queue and what it waits for.
+    def describe(self, tasks: list[Task]) -> list[tuple[Task, dict[str, Any]]]:
+        """What each task's status adds to its record: how long a running one has been silent, a queued
+        one's place in the queue and what it waits for.
 
         The queue, reservations and free memory are read once for all of them: a List of a long queue
         must not hold up the loop.
         """
-        now, queue = time.time(), [t.name for t in self.queue()]
-        position = {name: i for i, name in enumerate(queue)}
-        free, running = free_mem_bytes(), self.reservations()
+        now = time.time()
+        position = {task.name: i for i, task in enumerate(self.queue())}
+        available = room(self.host, free_mem_bytes(), self.reservations())
+        room_now = available.as_dict()
         described = []
         for task in tasks:
-            watch = self.watches.get(unit_path(unit_name(task.name)))
-            if task.state == State.RUNNING and watch and time.monotonic() - watch.output_asked_at > 1.0:
-                self.note_output(task, watch)  # computed when asked (once a second at most, for long lists)
-            status = report.status(task, now, now - watch.last_output_at if task.state == State.RUNNING and watch
-                                   else None)
-            if task.state == State.QUEUED:
-                ahead = queue[: position.get(task.name, 0)]
-                decision = decide(self.host, free, running, task.spec.estimates.mem_bytes,
-                                  task.spec.estimates.cpu_cores, ahead)
-                status |= {"queue_position": len(ahead) + 1, "waiting_for": decision.reason or "its turn",
-                           "available": decision.available.as_dict()}
-            described.append(status)
+            now_known: dict[str, Any] = {}
+            if task.state == State.RUNNING:
+                now_known["silent_s"] = self.silent_s(task, now)
+            elif task.state == State.QUEUED:
+                ahead = position.get(task.name, 0)
+                requested = requested_room(self.host, task.spec.estimates.mem_bytes, task.spec.estimates.cpu_cores)
+                now_known = {"queue_position": ahead + 1,
+                             "waiting_for": shortfall(requested, available, ahead) or "its turn",
+                             "available": room_now}
+            described.append((task, now_known))
         return described
 
     def events(self, name: str) -> list[dict[str, Any]]:
@@ -632,6 +634,15 @@ class Daemon:
                 return
         watch.stall_timer = asyncio.get_running_loop().call_later(
             max(0.0, watch.last_output_at + interval - time.time()), self.on_stall_check, task.id)
+
+    def silent_s(self, task: Task, now: float) -> float | None:
+        """Seconds since a running task's last line, computed when asked (once a second at most, for long lists)."""
+        watch = self.watches.get(unit_path(unit_name(task.name)))
+        if watch is None:
+            return None
+        if time.monotonic() - watch.output_asked_at > 1.0:
+            self.note_output(task, watch)
+        return round(now - watch.last_output_at, 1)
 
     def note_output(self, task: Task, watch: Watch) -> None:
         """What journald says of the task's newest line."""

@@ -52,16 +52,15 @@ def result(task: Task, now: float) -> dict[str, Any]:
     return report
 
 
-def status(task: Task, now: float, silent_s: float | None = None) -> dict[str, Any]:
-    """Everything known about a run: the result fields plus the spec and the usage now (and, while it runs,
-    how long since its last line of output)."""
+def status(task: Task, now: float) -> dict[str, Any]:
+    """Everything the record of a run tells: the result fields plus the spec and the usage now."""
     return result(task, now) | {
         "command": task.spec.command,
         "cwd": task.spec.cwd,
         "submitted_at": timestamp(task.submitted_at),
         "mem_bytes": task.usage.mem_bytes,
         "cpu_cores": round(task.usage.cpu_cores, 3),
-        "silent_s": None if silent_s is None else round(silent_s, 1),
+        "silent_s": None,  # journald tells, when asked: the daemon fills it in for a running task
     }
 
 

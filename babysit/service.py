@@ -17,10 +17,11 @@ from dbus_fast.annotations import DBusBool, DBusDict, DBusSignature, DBusStr
 from dbus_fast.constants import NameFlag, PropertyAccess
 from dbus_fast.errors import DBusError
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
+from dbus_fast.signature import get_signature_tree
 
 from babysit import report
 from babysit.protocol import (
-    BUS_NAME, SCHEDULER_INTERFACE, SCHEDULER_PATH, TASK_INTERFACE, BabysitError, task_path,
+    BUS_NAME, SCHEDULER_INTERFACE, SCHEDULER_PATH, TASK_INTERFACE, BabysitError, State, task_path,
 )
 from babysit.task import Task
 
@@ -31,13 +32,16 @@ DBusDictList = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
 
 
 SCALARS = {bool: "b", int: "x", float: "d", str: "s"}  # by exact type: a bool is an int too
+# Parsed once; a Variant built from its Python type needs no check against it (List of a long queue
+# makes tens of thousands).
+SCALAR_TYPES = {kind: get_signature_tree(signature).types[0] for kind, signature in SCALARS.items()}
 
 
 def to_variant(value: Any) -> Variant:
     """A plain value as a Variant; D-Bus has no null, so callers drop None first."""
-    scalar = SCALARS.get(type(value))
-    if scalar:  # nearly every value: one lookup instead of a chain of isinstance (List of a long queue)
-        return Variant(scalar, value)
+    scalar = SCALAR_TYPES.get(type(value))
+    if scalar:  # nearly every value: one lookup instead of a chain of isinstance
+        return Variant(scalar, value, False)
     for kind, signature in SCALARS.items():  # their subclasses (enums)
         if isinstance(value, kind):
             return Variant(signature, kind(value))
@@ -63,10 +67,34 @@ def bus_errors() -> Iterator[None]:
         raise DBusError(e.dbus_name, str(e)) from e
 
 
+class Records:
+    """Tasks' records (`report.status`) as Variants; a queued task's is made once.
+
+    While a task waits its record does not change (its place in the queue is not part of it), and a
+    List of a long queue would otherwise rebuild tens of thousands of Variants each time.
+    """
+
+    def __init__(self) -> None:
+        self.queued: dict[int, tuple[Task, dict[str, Variant]]] = {}  # by run id
+
+    def of(self, task: Task, now: float) -> dict[str, Variant]:
+        if task.state != State.QUEUED:
+            return to_dict(report.status(task, now))
+        kept = self.queued.get(task.id)
+        if kept is None or kept[0] is not task:
+            kept = self.queued[task.id] = (task, to_dict(report.status(task, now)))
+        return kept[1]
+
+    def changed(self, task: Task) -> None:
+        if task.state != State.QUEUED:
+            self.queued.pop(task.id, None)
+
+
 class SchedulerInterface(ServiceInterface):
     def __init__(self, daemon: Daemon) -> None:
         super().__init__(SCHEDULER_INTERFACE)
         self.daemon = daemon
+        self.records = Records()
 
     @dbus_method()
     def Ping(self) -> DBusStr:
@@ -94,7 +122,9 @@ class SchedulerInterface(ServiceInterface):
 
     @dbus_method()
     async def List(self, all: DBusBool) -> DBusDictList:  # noqa: A002 (the D-Bus argument's name)
-        return [to_dict(t) async for batch in self.daemon.list(all) for t in batch]
+        now = time.time()
+        return [self.records.of(task, now) | to_dict(now_known)
+                async for batch in self.daemon.list(all) for task, now_known in batch]
 
     @dbus_method()
     def Capacity(self) -> DBusDict:
@@ -191,6 +221,7 @@ class BusService:
             raise SystemExit(f"babysitd: {BUS_NAME} is already owned by another daemon")
 
     def task_changed(self, task: Task) -> None:
+        self.scheduler.records.changed(task)
         if task.name not in self.objects:  # exported at once: a waiter's Status finds it, its changes signal
             self.objects[task.name] = TaskInterface(task)
             self.bus.export(task_path(task.name), self.objects[task.name])

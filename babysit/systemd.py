@@ -54,11 +54,13 @@ def unit_path(unit: str) -> str:
 
 def unwrap(value: Any) -> Any:
     """A D-Bus value with every Variant, at any depth, replaced by its plain value."""
-    if isinstance(value, Variant):
-        return unwrap(value.value)
-    if isinstance(value, dict):
+    kind = type(value)  # exact types, most common first: a List of a long queue holds tens of thousands
+    if kind is Variant:
+        value = value.value
+        kind = type(value)
+    if kind is dict:
         return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if kind is list:
         return [unwrap(v) for v in value]
     return value
 

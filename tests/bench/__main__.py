@@ -23,11 +23,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from dbus_fast import Variant
+from dbus_fast import BusType, Message, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusSignature
+from dbus_fast.service import ServiceInterface, dbus_method
 
 from babysit.client import Client
-from babysit.protocol import State, unit_name
+from babysit.protocol import BUS_NAME, SCHEDULER_INTERFACE, SCHEDULER_PATH, State, unit_name
 from babysit.systemd import Systemd
 from tests.integration.conftest import BIN, TINY, UnitSignals, daemon_pid, ended, run_spec
 
@@ -331,6 +335,7 @@ async def scale(client: Client, queued: int, history: int, n: int) -> list[Row]:
             await client.call("Run", "a{sv}b", [spec(name, "true"), True])
         if round_ == 0:
             list_ms = statistics.median([await call_ms("List", "b", [False]) for _ in range(n)])
+            bare_ms = await bare_reply_ms(client, n)
         for name in names:
             await client.call("Kill", "s", [name])
     for _ in range(n):
@@ -341,8 +346,39 @@ async def scale(client: Client, queued: int, history: int, n: int) -> list[Row]:
     await client.call("Kill", "s", [holder])
     floor = "`Ping` round trip"
     return [Row(f"`List` of {queued} queued tasks", list_ms, ping, floor),
+            Row(f"`List` of {queued} queued tasks", list_ms, bare_ms, "the same reply from a bare D-Bus service"),
             Row(f"`Run` (queued) with {history} runs in the history", statistics.median(run_ms), ping, floor),
             Row(f"`Status` with {history} runs in the history", statistics.median(status_ms), ping, floor)]
+
+
+class Echo(ServiceInterface):
+    """A service that only returns a reply it was given: what carrying a List reply costs on this bus."""
+
+    def __init__(self, body: list) -> None:
+        super().__init__("org.babysit.BenchEcho")
+        self.body = body
+
+    @dbus_method()
+    def Reply(self) -> Annotated[list, DBusSignature("aa{sv}")]:
+        return self.body[0]
+
+
+async def bare_reply_ms(client: Client, n: int) -> float:
+    """The median time for the client to get the last List reply again from an `Echo` on its own bus connection."""
+    reply = await client.bus.call(Message(destination=BUS_NAME, path=SCHEDULER_PATH, member="List",
+                                          interface=SCHEDULER_INTERFACE, signature="b", body=[False]))
+    service = await MessageBus(bus_type=BusType.SESSION).connect()
+    try:
+        service.export("/echo", Echo(reply.body))
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            await client.call("Reply", destination=service.unique_name, path="/echo",
+                              interface="org.babysit.BenchEcho")
+            times.append(ms(time.perf_counter() - start))
+        return statistics.median(times)
+    finally:
+        service.disconnect()
 
 
 # --- 7. peers: task-spooler and nq, doing the same jobs from a shell ----------------------------------
@@ -446,9 +482,6 @@ def table(rows: list[Row]) -> str:
 
 
 async def main(quick: bool, only: str | None) -> None:
-    from dbus_fast import BusType
-    from dbus_fast.aio import MessageBus
-
     subprocess.run([BABYSIT, "daemon-start"], check=True, capture_output=True)
     bus = await MessageBus(bus_type=BusType.SESSION).connect()
     systemd, client, signals = Systemd(bus), Client(bus), UnitSignals()
