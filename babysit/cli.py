@@ -17,7 +17,7 @@ import typer
 
 from babysit import __version__
 from babysit.client import Client, DaemonNotRunning, variant_dict
-from babysit.protocol import (BabysitError, CapacityExceeded, ExitCode, State, complete, output_matches,
+from babysit.protocol import (HISTORY_KEYS, BabysitError, CapacityExceeded, ExitCode, State, complete, output_matches,
                               terminal_only)
 from babysit.quantities import format_duration, format_size, parse_duration, parse_size
 
@@ -117,8 +117,15 @@ def run(
         "cpu_pct_limit": cpu_pct_limit, "estimated_mem_bytes": estimated_mem_bytes,
         "estimated_cpu_cores": estimated_cpu_cores, "buffering": buffering,
     })
-    queued = call(lambda c: c.submit(spec, force))
-    typer.echo(f"queued: {queued}")
+
+    async def submit(c: Client) -> tuple[str, str | None]:
+        queued = await c.submit(spec, force)
+        if None not in (estimated_time, estimated_mem_bytes, estimated_cpu_cores):
+            return queued, None
+        return queued, (await c.status(queued)).get("estimates_from")  # some were left to earlier runs
+
+    queued, learned = call(submit)
+    typer.echo(f"queued: {queued}" + (f" (estimates from {learned})" if learned else ""))
 
 
 @app.command()
@@ -218,9 +225,14 @@ def status(name: str = Name, as_json: bool = typer.Option(False, "--json", help=
     from rich.console import Console
     from rich.table import Table
 
+    from babysit.charts import usage_charts
+
+    timeline = report.pop("timeline", None) or {}
     table = Table(show_header=False, box=None)
     for key, value in report.items():
         table.add_row(f"[bold]{key}[/]", json.dumps(value) if isinstance(value, list | dict) else str(value))
+    for label, chart in usage_charts(report, timeline):
+        table.add_row(f"[bold]{label}[/]", chart)
     Console().print(table)
 
 
@@ -252,20 +264,79 @@ def list_(
     if as_json:
         print_json(tasks)
         return
-    rows = [row(t) for t in tasks]
+    print_table(COLUMNS, [row(t) for t in tasks])
+
+
+def print_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table: rich on a terminal (the state column coloured), aligned plain text otherwise."""
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(*COLUMNS)
+        state = columns.index("state")
+        table = Table(*columns)
         for r in rows:
-            table.add_row(r[0], f"[{STATE_STYLE.get(r[1], '')}]{r[1]}[/]", *r[2:])
+            table.add_row(*r[:state], f"[{STATE_STYLE.get(r[state].split()[0], '')}]{r[state]}[/]", *r[state + 1:])
         Console().print(table)
         return
     # one iterable per column (header included): with no task, max() must not get a lone int
-    widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
-    for r in [COLUMNS, *rows]:
+    widths = [max(len(r[i]) for r in [columns, *rows]) for i in range(len(columns))]
+    for r in [columns, *rows]:
         typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+HISTORY_COLUMNS = ("submitted", "name", "state", "elapsed/est", "peak mem/est", "p95 cpu/est")
+
+
+def history_row(run: dict[str, Any]) -> tuple[str, ...]:
+    elapsed, p95 = run.get("elapsed_s"), run.get("p95_cpu_cores")
+    submitted = datetime.fromisoformat(run["submitted_at"]).astimezone().strftime("%Y-%m-%d %H:%M")
+    return (
+        submitted,
+        run["name"],
+        run["status"] + (f" ({run['kill_reason']})" if run.get("kill_reason") else ""),
+        f"{format_duration(elapsed) if elapsed is not None else '-'}/{format_duration(run['estimated_time_s'])}",
+        f"{format_size(run.get('peak_mem_bytes'))}/{format_size(run['estimated_mem_bytes'])}",
+        f"{'-' if p95 is None else f'{p95:.1f}'}/{run['estimated_cpu_cores']:g}",
+    )
+
+
+@app.command()
+def history(
+    name: str = typer.Option("", "--name", help="only the runs of this name (default: every name)"),
+    limit: int = typer.Option(20, "--limit", min=1, help="the newest this many runs"),
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout"),
+) -> None:
+    """Finished runs against their estimates: elapsed, peak memory, p95 CPU cores. Example: babysit history --name=train"""
+    runs = [{k: run.get(k) for k in HISTORY_KEYS} for run in call(lambda c: c.call("History", "su", [name, limit]))[0]]
+    if as_json:
+        print_json(runs)
+        return
+    print_table(HISTORY_COLUMNS, [history_row(r) for r in runs])
+
+
+@app.command()
+def estimate(
+    name: str = Name,
+    command: str = typer.Option(..., "--command", help="the command `run` would be given"),
+    cwd: str = typer.Option(None, "--cwd", help="working directory (default: the current one)"),
+) -> None:
+    """The estimates `run` would take from earlier runs, as JSON; nothing runs. Example: babysit estimate --name=train --command='python train.py'"""
+    spec = variant_dict({"name": name, "command": command, "cwd": os.path.abspath(cwd or os.getcwd())})
+    print_json(call(lambda c: c.call("Estimate", "a{sv}", [spec]))[0])
+
+
+@app.command()
+def top() -> None:
+    """A live full-screen view of running and queued tasks against their estimates; q quits. Example: babysit top"""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise fail("babysit top needs a terminal; a script reads babysit list --json", ExitCode.USAGE)
+    from babysit.top import top as view
+
+    try:
+        call(view)
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

@@ -25,6 +25,9 @@ class Config:
     pressure_free_pct: float = 5.0  # free memory below this share of RAM is host pressure...
     pressure_free_bytes: int | None = None  # ...or below this many bytes, when set
     pressure_grace_s: float = 1.0  # tasks within their estimates are stopped only if pressure lasts this long
+    history_max_runs: float = 10000  # finished runs kept, with their timelines and events...
+    history_max_days: float = 365  # ...and none older than this
+    notify: bool = False  # a desktop notification when a task ends (org.freedesktop.Notifications)
 
 
 def default_path() -> Path:
@@ -42,8 +45,14 @@ def parse(text: str) -> Config:
     unknown = set(data) - known
     if unknown:
         raise InvalidArgument(f"config.toml: unknown keys {', '.join(sorted(unknown))}")
-    values: dict[str, float | int] = {}
+    values: dict[str, float | int | bool] = {}
+    flags = {f.name for f in fields(Config) if f.type == "bool"}
     for key, value in data.items():
+        if key in flags:
+            if not isinstance(value, bool):
+                raise InvalidArgument(f"config.toml: {key} must be true or false")
+            values[key] = value
+            continue
         if key in ("mem_budget_bytes", "pressure_free_bytes") and isinstance(value, str):
             values[key] = parse_size(value)
             continue

@@ -15,14 +15,14 @@ import resource
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from dbus_fast.errors import DBusError
 
-from babysit import __version__, accounting, config, failpoints, journal, policy, report, store
+from babysit import __version__, accounting, config, failpoints, history, journal, policy, report, store
 from babysit import bus as session_bus
 from babysit.capacity import Decision, Reservation, capacity_report, decide, refusal, requested_room, room, shortfall
 from babysit.cgroup import CgroupFiles, Layout, OomNotifier, missing_controllers, oom_notifier, read_sample
@@ -35,14 +35,18 @@ from babysit.protocol import (
 from babysit.quantities import format_duration
 from babysit.systemd import SERVICE, UNIT, Systemd, UnitChange, unit_path
 from babysit.task import (
-    RUNTIME_BACKSTOP_MARGIN_S, Caps, Host, Outcome, Task, TaskSpec, Usage, derive_caps, spec_from_wire, spec_to_wire,
+    RUNTIME_BACKSTOP_MARGIN_S, Caps, Host, Outcome, Spread, Task, TaskSpec, Usage, derive_caps, limits,
+    spec_from_wire, spec_to_wire, validate_name,
 )
+from babysit.timeline import Timeline
 from babysit.unit import (
     USEC, Described, cap_properties, description, parse_description, start_properties, unit_command,
 )
 
 log = logging.getLogger("babysitd")
 ACTIVE_STATES = ("activating", "active", "deactivating", "reloading")
+PRUNE_EVERY = 100  # finished runs between two prunings of the history (and one at start)
+TIMELINE_SAVE_S = 60.0  # a running task's usage series is stored at least this often (and at its end)
 
 
 class Publisher(Protocol):
@@ -73,6 +77,8 @@ class Watch:
     oom: OomNotifier | None = None  # cgroup v1: armed once the unit's cgroup exists
     files: CgroupFiles = field(default_factory=CgroupFiles)  # the figures the sampler reads
     next_sample_at: float = 0.0  # monotonic; see policy.sample_interval
+    timeline: Timeline = field(default_factory=Timeline)
+    timeline_saved_at: float = 0.0  # monotonic
 
     def disarm(self) -> None:
         for timer in (self.timeout_timer, self.stall_timer):
@@ -103,6 +109,7 @@ class Daemon:
         self._finishing: set[int] = set()
         self._admission = asyncio.Lock()  # one decision at a time, so two tasks never take the same room
         self._drain_requested = False  # a burst of task ends drains the queue once, not once per end
+        self._ends_since_prune = 0  # see prune
         self._background: set[asyncio.Task[None]] = set()
         self.external_pressure = False  # reported once per episode
         self.pressure_since: float | None = None  # monotonic start of the current low-memory episode
@@ -132,6 +139,7 @@ class Daemon:
             if task.state == State.RUNNING:
                 await self.adopt(task)
         await self.release_orphans()
+        self.prune()
         await self.drain()  # queued tasks survive restarts, and start once they fit
 
     async def recover_spawn(self, task: Task) -> None:
@@ -215,6 +223,7 @@ class Daemon:
             return
         props = await self.unit_properties(unit)
         watch = self.watches.setdefault(unit_path(unit), Watch(task.id))
+        watch.timeline = self.store.timeline(task)
         watch.props.update(props)
         watch.seen_active = True  # it ran: a loaded, inactive task unit has ended
         if watch.oom is None and props.get("SubState") == "running":
@@ -239,7 +248,7 @@ class Daemon:
 
     async def run(self, wire: Mapping[str, Any], force: bool) -> str:
         """Validate and admit a task: start it if it fits now, queue it with force, refuse it otherwise."""
-        spec = spec_from_wire(wire, self.host)
+        spec, _ = self.with_learned_estimates(spec_from_wire(wire, self.host), wire)
         caps = derive_caps(spec, self.host)
         check_cwd(spec.cwd)
         if self.caps_missing:
@@ -275,6 +284,8 @@ class Daemon:
         """New estimates for a queued or running task; a running unit's caps change live."""
         task = self.live(name)
         spec = spec_from_wire({**spec_to_wire(task.spec), **changes, "name": name}, self.host)
+        if not set(changes) & set(history.ESTIMATE_KEYS):  # else the estimates are the caller's own now
+            spec = replace(spec, estimates_from=task.spec.estimates_from)
         caps = derive_caps(spec, self.host)
         if task.state == State.RUNNING:
             # RuntimeMaxSec was fixed at start; the daemon's own timer enforces kill_timeout below it
@@ -294,8 +305,11 @@ class Daemon:
         await self.drain()
 
     def status(self, name: str) -> dict[str, Any]:
+        """Everything known about a name's latest run, its usage over time included."""
         ((task, now_known),) = self.describe([self.latest(name)])
-        return report.status(task, time.time()) | now_known
+        watch = self.watches.get(unit_path(unit_name(name))) if task.state == State.RUNNING else None
+        timeline = watch.timeline if watch else self.store.timeline(task)
+        return report.status(task, time.time()) | now_known | {"timeline": timeline.as_dict()}
 
     async def list(self, include_terminal: bool, batch: int = 50) -> AsyncIterator[list[tuple[Task, dict[str, Any]]]]:
         """Tasks with what `describe` adds, in batches, letting other clients in between: a long history is
@@ -340,6 +354,48 @@ class Daemon:
     def capacity(self) -> dict[str, Any]:
         return capacity_report(self.host, free_mem_bytes(), self.reservations(),
                                [t.name for t in self.queue()]) | {"warnings": self.warnings}
+
+    # --- history: what earlier runs tell ----------------------------------------------------------
+
+    def with_learned_estimates(self, spec: TaskSpec, wire: Mapping[str, Any]) -> tuple[TaskSpec, int]:
+        """The estimates the caller left out, from earlier runs of the same task where there are any; and how
+        many earlier runs they come from."""
+        missing = [key for key in history.ESTIMATE_KEYS if key not in wire]
+        learned = self.learn(spec) if missing else None
+        taken = [key for key in missing if learned and key in learned.wire()]
+        if not learned or not taken:
+            return spec, 0
+        relearned = spec_from_wire({**wire, **{key: learned.wire()[key] for key in taken}}, self.host)
+        return replace(relearned, estimates_from=learned.said(taken)), learned.runs
+
+    def estimate(self, wire: Mapping[str, Any]) -> dict[str, Any]:
+        """The estimates `run` would use for this spec, and where they come from; nothing is run."""
+        spec, runs = self.with_learned_estimates(spec_from_wire(wire, self.host), wire)
+        return report.estimate(spec, runs)
+
+    def history(self, name: str, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` finished runs of a name ("" for every name), oldest first."""
+        if name:
+            validate_name(name)
+        return [report.history_entry(run) for run in self.store.finished(name or None, limit)]
+
+    def learn(self, spec: TaskSpec) -> history.Learned | None:
+        """What earlier runs of a task like this one suggest as its estimates (`babysit estimate`)."""
+        kin = self.kin(spec)
+        return history.learn(kin, *limits(spec, self.host)) if kin else None
+
+    def kin(self, spec: TaskSpec) -> history.Kin | None:
+        candidates = self.store.completed_like(spec.name, history.name_stem(spec.name), spec.command, spec.cwd,
+                                               each=history.LAST_RUNS * 5)
+        return history.kin(spec.name, spec.command, spec.cwd, candidates)
+
+    def earlier(self, task: Task, figure: Callable[[history.PastRun], float | None]) -> Spread | None:
+        """How one figure ranged over the earlier completed runs of the task's kin."""
+        try:
+            return history.spread(self.kin(task.spec), figure)
+        except Exception:  # a hint's extra words must never cost a run its result
+            log.exception("could not look up the earlier runs of %s", task.name)
+            return None
 
     # --- admission ---------------------------------------------------------------------------------
 
@@ -481,19 +537,33 @@ class Daemon:
                                     peak or 0, task.caps.memory_max_bytes))
         outcome = classify(UnitEnd.of(props, final), task.kill_requested, evidence)
         usage = final_usage(task.usage, final, outcome.kill_reason == KillReason.OOM, task.caps.memory_max_bytes)
+        if watch.timeline.points:
+            self.store.save_timeline(task, watch.timeline)
         await self.record_end(task.with_(usage=usage), outcome, props.get("ActiveState", "") if props else None)
 
     async def record_end(self, task: Task, outcome: Outcome, unit_state: str | None = None) -> None:
         """Store the result, release the unit if there is one, and only then free the name and its room."""
+        if outcome.kill_reason in history.KILLING_FIGURE:  # its hint cites how the earlier runs went
+            outcome = replace(outcome, history=self.earlier(task, history.KILLING_FIGURE[outcome.kill_reason]))
         task = self.save(task.with_(state=outcome.state, outcome=outcome, finished_at=time.time()), outcome.detail)
         if unit_state is not None:
             # the name stays taken meanwhile: a new run of it must not meet the old unit
             await self.release(unit_name(task.name), unit_state)
         self.record_of(task).unlink(missing_ok=True)
         self.tasks.pop(task.name, None)
+        self._ends_since_prune += 1
+        if self._ends_since_prune >= PRUNE_EVERY:
+            self.prune()
         if self.publisher:
             self.publisher.task_finished(task)
         self.request_drain()  # its room is free now
+
+    def prune(self) -> None:
+        """Keep the history bounded (config history_max_runs and history_max_days)."""
+        self._ends_since_prune = 0
+        gone = self.store.prune(int(self.config.history_max_runs), self.config.history_max_days * 86400, time.time())
+        if gone:
+            log.info("forgot %d finished runs beyond the history's bounds", gone)
 
     async def release(self, unit: str, active_state: str) -> None:
         """Let systemd forget a finished unit, so the name can run again."""
@@ -576,7 +646,22 @@ class Daemon:
             task = task.with_(usage=usage)
             self.tasks[task.name] = task
             self.publish(task)
+        self.add_to_timeline(task, watch, sample.mem_bytes, cores)
         return task
+
+    def add_to_timeline(self, task: Task, watch: Watch, mem_bytes: int, cpu_cores: float) -> None:
+        """One sample into the run's bounded series; stored now and then, so a restart loses little of it."""
+        if task.started_at is None:
+            return
+        at_s = time.time() - task.started_at
+        new_point = watch.timeline.needs_point(at_s)
+        if new_point:  # once per point, journald says whether the task printed meanwhile (microseconds)
+            self.note_output(task, watch)
+        last_output_s = watch.last_output_at - task.started_at if watch.last_output_at > task.started_at else None
+        watch.timeline = watch.timeline.add(at_s, mem_bytes, cpu_cores, last_output_s)
+        if new_point and time.monotonic() - watch.timeline_saved_at >= TIMELINE_SAVE_S:
+            self.store.save_timeline(task, watch.timeline)
+            watch.timeline_saved_at = time.monotonic()
 
     async def police(self, task: Task, watch: Watch) -> None:
         """Warnings for estimates first exceeded; a stop when the policy says so."""

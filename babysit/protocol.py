@@ -136,6 +136,11 @@ RESULT_KEYS = (
     "runtime_max_s", "unit", "log_cmd",
 )
 KILL_KEYS = ("kill_reason", "kill_hint")
+# `babysit history`'s keys, in order
+HISTORY_KEYS = (
+    "name", "run_id", "status", "kill_reason", "exit_code", "submitted_at", "elapsed_s", "peak_mem_bytes",
+    "p95_cpu_cores", "estimated_time_s", "estimated_mem_bytes", "estimated_cpu_cores", "command", "cwd",
+)
 
 
 def terminal_only(report: dict[str, Any]) -> dict[str, Any]:

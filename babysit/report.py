@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from babysit.hints import kill_hint
+from babysit.history import PastRun
 from babysit.protocol import State, log_command, unit_name
-from babysit.task import Task
+from babysit.quantities import format_duration
+from babysit.task import Task, TaskSpec
 
 
 def timestamp(at: float | None) -> str | None:
@@ -61,6 +63,7 @@ def status(task: Task, now: float) -> dict[str, Any]:
         "mem_bytes": task.usage.mem_bytes,
         "cpu_cores": round(task.usage.cpu_cores, 3),
         "silent_s": None,  # journald tells, when asked: the daemon fills it in for a running task
+        "estimates_from": task.spec.estimates_from or None,
     }
 
 
@@ -68,3 +71,35 @@ def risk_event(task: Task, dim: str, actual: float, estimate: float, ratio: floa
     """A runaway_risk event as `wait` prints it."""
     return {"event": "runaway_risk", "name": task.name, "dim": dim, "actual": actual, "estimate": estimate,
             "ratio": ratio, "at": timestamp(at)}
+
+
+def history_entry(run: PastRun) -> dict[str, Any]:
+    """A finished run as `babysit history --json` shows it."""
+    return {
+        "name": run.name, "run_id": run.id, "status": str(run.state), "kill_reason": run.kill_reason,
+        "exit_code": run.exit_code, "submitted_at": timestamp(run.submitted_at),
+        "elapsed_s": None if run.elapsed_s is None else round(run.elapsed_s, 3),
+        "peak_mem_bytes": run.peak_mem_bytes,
+        "p95_cpu_cores": None if run.p95_cpu_cores is None else round(run.p95_cpu_cores, 3),
+        "estimated_time_s": run.estimated_time_s, "estimated_mem_bytes": run.estimated_mem_bytes,
+        "estimated_cpu_cores": run.estimated_cpu_cores, "command": run.command, "cwd": run.cwd,
+    }
+
+
+def estimate(spec: TaskSpec, runs: int) -> dict[str, Any]:
+    """What `babysit estimate` prints: the estimates `run` would use, and where they come from."""
+    e = spec.estimates
+    return {"name": spec.name, "command": spec.command, "cwd": spec.cwd, "runs": runs,
+            "estimates_from": spec.estimates_from or None, "estimated_time_s": e.time_s,
+            "kill_timeout_s": e.kill_timeout_s, "estimated_mem_bytes": e.mem_bytes, "estimated_cpu_cores": e.cpu_cores}
+
+
+def notification(task: Task) -> tuple[str, str]:
+    """A desktop notification of a task's end: its summary and its body."""
+    outcome, summary = task.outcome, f"babysit: {task.name} {task.state}"
+    elapsed = format_duration(task.finished_at - task.started_at) if task.started_at and task.finished_at else None
+    if outcome and outcome.kill_reason:
+        return f"{summary} ({outcome.kill_reason})", kill_hint(task)
+    if outcome and outcome.exit_code:
+        return summary, f"exit code {outcome.exit_code}" + (f" after {elapsed}" if elapsed else "")
+    return summary, (f"after {elapsed}" if elapsed else outcome.detail if outcome else "")

@@ -6,14 +6,15 @@ Domain errors become D-Bus error names here and only here; any other exception i
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
-from dbus_fast import RequestNameReply, Variant
+from dbus_fast import Message, MessageType, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusBool, DBusDict, DBusSignature, DBusStr
+from dbus_fast.annotations import DBusBool, DBusDict, DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.constants import NameFlag, PropertyAccess
 from dbus_fast.errors import DBusError
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from babysit.daemon import Daemon
 
 DBusDictList = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
+NOTIFICATIONS = "org.freedesktop.Notifications"
+NOTIFY_TIMEOUT_S = 5.0
+log = logging.getLogger("babysitd")
 
 
 SCALARS = {bool: "b", int: "x", float: "d", str: "s"}  # by exact type: a bool is an int too
@@ -125,6 +129,16 @@ class SchedulerInterface(ServiceInterface):
         now = time.time()
         return [self.records.of(task, now) | to_dict(now_known)
                 async for batch in self.daemon.list(all) for task, now_known in batch]
+
+    @dbus_method()
+    def History(self, name: DBusStr, limit: DBusUInt32) -> DBusDictList:
+        with bus_errors():
+            return [to_dict(run) for run in self.daemon.history(name, limit)]
+
+    @dbus_method()
+    def Estimate(self, spec: DBusDict) -> DBusDict:
+        with bus_errors():
+            return to_dict(self.daemon.estimate({k: v.value for k, v in spec.items()}))
 
     @dbus_method()
     def Capacity(self) -> DBusDict:
@@ -241,6 +255,20 @@ class BusService:
     def runaway_risk(self, task: Task, event: dict[str, Any]) -> None:
         self.scheduler.RunawayRisk(task.name, to_dict(event))
 
+    async def notify(self, task: Task) -> None:
+        """A desktop notification of the task's end, where a notification server runs (config `notify`)."""
+        summary, body = report.notification(task)
+        message = Message(destination=NOTIFICATIONS, path="/org/freedesktop/Notifications", interface=NOTIFICATIONS,
+                          member="Notify", signature="susssasa{sv}i",
+                          body=["babysit", 0, "", summary, body, [], {}, -1])
+        try:
+            reply = await asyncio.wait_for(self.bus.call(message), NOTIFY_TIMEOUT_S)
+        except TimeoutError:
+            reply = None
+        if reply is None or reply.message_type == MessageType.ERROR:
+            # no notification server here (a headless host): nothing to tell, and nothing else to do
+            log.debug("no desktop notification for %s: %s", task.name, reply.error_name if reply else "no answer")
+
     def flush_soon(self) -> None:
         if not self.flush_scheduled:
             self.flush_scheduled = True
@@ -256,6 +284,8 @@ class BusService:
         now = time.time()
         for task in finished:
             self.scheduler.TaskFinished(task.name, to_dict(report.result(task, now)))
+            if self.daemon.config.notify:
+                self.daemon.background(self.notify(task), f"notifying the end of {task.name}")
         if self.capacity_stale:
             self.capacity_stale = False
             self.scheduler.CapacityChanged(to_dict(self.daemon.capacity()))

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from babysit.protocol import KillReason, NameInUse, State
-from babysit.task import Buffering, Caps, Estimates, Outcome, Task, TaskSpec, Usage
+from babysit.task import Buffering, Caps, Estimates, Outcome, Spread, Task, TaskSpec, Usage
+from babysit.history import PastRun, past_run
+from babysit.timeline import Timeline
 
 LIVE = (State.QUEUED.value, State.RUNNING.value)
 SCHEMA = f"""
@@ -31,6 +33,10 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 -- a name is unique among runs that are not over; finished runs of it stay as history
 CREATE UNIQUE INDEX IF NOT EXISTS live_name ON tasks(name) WHERE state IN {LIVE};
+-- history and estimates look runs up by name, and completed ones by command and directory
+CREATE INDEX IF NOT EXISTS by_name ON tasks(name, id);
+CREATE INDEX IF NOT EXISTS completed_by_command
+    ON tasks(json_extract(spec, '$.command'), json_extract(spec, '$.cwd'), id) WHERE state = 'completed';
 -- a retried Run finds the run its first attempt created
 CREATE INDEX IF NOT EXISTS request ON tasks(json_extract(spec, '$.request_id'));
 CREATE TABLE IF NOT EXISTS transitions (
@@ -38,6 +44,12 @@ CREATE TABLE IF NOT EXISTS transitions (
     at REAL NOT NULL,
     state TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT ''
+);
+-- a run's usage over time, bounded (babysit.timeline)
+CREATE TABLE IF NOT EXISTS timelines (
+    task_id INTEGER PRIMARY KEY REFERENCES tasks(id),
+    data TEXT NOT NULL,
+    p95_cpu_cores REAL  -- kept apart: history and estimates need only this of it
 );
 CREATE TABLE IF NOT EXISTS events (
     task_id INTEGER NOT NULL REFERENCES tasks(id),
@@ -73,9 +85,17 @@ def _task(row: sqlite3.Row) -> Task:
             **outcome,
             "state": State(outcome["state"]),
             "kill_reason": KillReason(outcome["kill_reason"]) if outcome["kill_reason"] else None,
+            "history": Spread(**outcome["history"]) if outcome.get("history") else None,
         }) if outcome else None,
         usage=Usage(**{k: v for k, v in json.loads(row["usage"]).items() if k in USAGE_FIELDS}),
     )
+
+
+PAST_RUNS = "SELECT tasks.*, timelines.p95_cpu_cores FROM tasks LEFT JOIN timelines ON task_id = id"
+
+
+def past(row: sqlite3.Row) -> PastRun:
+    return past_run(_task(row), row["p95_cpu_cores"])
 
 
 def open_or_replace(path: Path, now: float) -> tuple[Store, str | None]:
@@ -196,6 +216,44 @@ class Store:
         rows = self.db.execute("SELECT * FROM tasks ORDER BY id").fetchall()  # no statement left open meanwhile
         for start in range(0, len(rows), batch):
             yield [_task(r) for r in rows[start:start + batch]]
+
+    def save_timeline(self, task: Task, timeline: Timeline) -> None:
+        self.db.execute("INSERT OR REPLACE INTO timelines (task_id, data, p95_cpu_cores) VALUES (?, ?, ?)",
+                        (task.id, json.dumps(timeline.to_json()), timeline.p95_cpu_cores()))
+
+    def timeline(self, task: Task) -> Timeline:
+        row = self.db.execute("SELECT data FROM timelines WHERE task_id = ?", (task.id,)).fetchone()
+        return Timeline.from_json(json.loads(row["data"])) if row else Timeline()
+
+    def finished(self, name: str | None, limit: int) -> list[PastRun]:
+        """The newest `limit` finished runs (of one name, or of all), oldest first."""
+        where, args = ("name = ? AND ", (name,)) if name else ("", ())
+        rows = self.db.execute(f"{PAST_RUNS} WHERE {where}state NOT IN {LIVE} ORDER BY id DESC LIMIT ?",
+                               (*args, limit)).fetchall()
+        return [past(r) for r in reversed(rows)]
+
+    def completed_like(self, name: str, stem: str, command: str, cwd: str, each: int) -> list[PastRun]:
+        """Where a new run's kin are (babysit.history.kin): the newest `each` completed runs of its name, of
+        names from its stem on, and of its command in its directory; oldest first."""
+        relations = [("name = ?", (name,)), ("name >= ? AND name < ?", (stem, stem + "\U0010ffff")),
+                     ("json_extract(spec, '$.command') = ? AND json_extract(spec, '$.cwd') = ?", (command, cwd))]
+        found: dict[int, sqlite3.Row] = {}
+        for where, args in relations:  # the literal state lets SQLite use the partial index
+            for row in self.db.execute(f"{PAST_RUNS} WHERE state = 'completed' AND {where} ORDER BY id DESC "
+                                       "LIMIT ?", (*args, each)):
+                found[row["id"]] = row
+        return [past(found[i]) for i in sorted(found)]
+
+    def prune(self, keep_runs: int, keep_s: float, now: float) -> int:
+        """Forget finished runs beyond the newest `keep_runs`, or older than `keep_s`; how many went."""
+        pruned = (f"SELECT id FROM tasks WHERE state NOT IN {LIVE} AND (submitted_at < ? OR id NOT IN "
+                  f"(SELECT id FROM tasks WHERE state NOT IN {LIVE} ORDER BY id DESC LIMIT ?))")
+        with self.db:
+            self.db.execute("BEGIN")
+            for table, key in (("transitions", "task_id"), ("events", "task_id"), ("timelines", "task_id"),
+                               ("tasks", "id")):  # the runs last: the others are found through them
+                gone = self.db.execute(f"DELETE FROM {table} WHERE {key} IN ({pruned})", (now - keep_s, keep_runs))
+        return gone.rowcount
 
     def add_event(self, task: Task, kind: str, data: dict[str, Any], at: float) -> None:
         self.db.execute("INSERT INTO events (task_id, at, kind, data) VALUES (?, ?, ?, ?)",

@@ -72,6 +72,7 @@ class TaskSpec:
     cpu_pct_limit: float
     request_id: str = ""  # the client's id for this submission, so a retried Run is not a second task
     buffering: Buffering = Buffering.LINE
+    estimates_from: str = ""  # where estimates the caller left out came from: earlier runs (babysit.history)
 
 
 def validate_name(name: object) -> str:
@@ -182,10 +183,14 @@ def spec_to_wire(spec: TaskSpec) -> dict[str, Any]:
     }
 
 
+def limits(spec: TaskSpec, host: Host) -> tuple[int, float]:
+    """The per-task caps: memory (bytes) and CPU (cores) no estimate may exceed."""
+    return int(host.mem_bytes * spec.mem_pct_limit / 100), host.cores * spec.cpu_pct_limit / 100
+
+
 def derive_caps(spec: TaskSpec, host: Host) -> Caps:
     """The caps of SPEC 'Caps applied to each unit'; an estimate above its cap is refused."""
-    mem_cap = int(host.mem_bytes * spec.mem_pct_limit / 100)
-    cpu_cap = host.cores * spec.cpu_pct_limit / 100
+    mem_cap, cpu_cap = limits(spec, host)
     e = spec.estimates
     if e.mem_bytes > mem_cap:
         raise ExceedsCap(
@@ -219,6 +224,15 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Spread:
+    """How one figure ranged over earlier runs of a task, kept with a kill so its hint can cite them."""
+
+    runs: int
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a run ended."""
 
@@ -227,6 +241,7 @@ class Outcome:
     signal: int | None = None
     kill_reason: KillReason | None = None
     detail: str = ""  # why, for `unknown`, or what systemd said
+    history: Spread | None = None  # for a kill: the killing figure over the earlier runs
 
 
 @dataclass(frozen=True)

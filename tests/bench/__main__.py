@@ -323,6 +323,10 @@ async def scale(client: Client, queued: int, history: int, n: int) -> list[Row]:
         await client.call(method, signature, body)
         return ms(time.perf_counter() - start)
 
+    learner = f"learn-{uuid.uuid4().hex[:6]}"  # ten completed runs, for Run to learn its estimates from
+    for _ in range(10):
+        await client.call("Run", "a{sv}b", [spec(learner, "true"), True])
+        await client.wait(learner)
     holder = f"holder-{uuid.uuid4().hex[:6]}"
     cores = str(os.cpu_count())
     await client.call("Run", "a{sv}b", [run_spec(holder, "sleep 100000", **{**BENCH, "estimated_cpu_cores": cores,
@@ -338,17 +342,27 @@ async def scale(client: Client, queued: int, history: int, n: int) -> list[Row]:
             bare_ms = await bare_reply_ms(client, n)
         for name in names:
             await client.call("Kill", "s", [name])
+    learning_ms, history_ms = [], []
+    unestimated = {"name": Variant("s", learner), "command": Variant("s", "true"), "cwd": Variant("s", os.getcwd())}
     for _ in range(n):
         name = f"scale-{uuid.uuid4().hex[:6]}"
+        # each measured call after a light one: a Kill's aftermath (drain, signals) would count in the next
         run_ms.append(await call_ms("Run", "a{sv}b", [spec(name, "true"), True]))
         status_ms.append(await call_ms("Status", "s", [name]))
+        learning_ms.append(await call_ms("Run", "a{sv}b", [unestimated, True]))
+        history_ms.append(await call_ms("History", "su", [learner, 20]))
         await client.call("Kill", "s", [name])
+        await client.call("Kill", "s", [learner])
     await client.call("Kill", "s", [holder])
     floor = "`Ping` round trip"
     return [Row(f"`List` of {queued} queued tasks", list_ms, ping, floor),
             Row(f"`List` of {queued} queued tasks", list_ms, bare_ms, "the same reply from a bare D-Bus service"),
             Row(f"`Run` (queued) with {history} runs in the history", statistics.median(run_ms), ping, floor),
-            Row(f"`Status` with {history} runs in the history", statistics.median(status_ms), ping, floor)]
+            Row(f"`Status` with {history} runs in the history", statistics.median(status_ms), ping, floor),
+            Row(f"`Run` learning its estimates from 10 earlier runs, {history} in the history",
+                statistics.median(learning_ms), ping, floor),
+            Row(f"`History` of one name (20 runs) with {history} in the history", statistics.median(history_ms),
+                ping, floor)]
 
 
 class Echo(ServiceInterface):

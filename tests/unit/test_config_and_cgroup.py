@@ -23,6 +23,14 @@ def test_config() -> None:
             config.parse(bad)
 
 
+def test_config_flags_and_history_bounds() -> None:
+    parsed = config.parse("notify = true\nhistory_max_runs = 500\nhistory_max_days = 30\n")
+    assert (parsed.notify, parsed.history_max_runs, parsed.history_max_days) == (True, 500, 30)
+    assert config.Config().notify is False
+    with pytest.raises(InvalidArgument, match="notify must be true or false"):
+        config.parse("notify = 1\n")
+
+
 def test_layout_v1_and_v2() -> None:
     v1 = Layout.from_mountinfo(V1_MOUNTINFO)
     assert (v1.memory_root, v1.cpu_root, v1.v2) == (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup/cpuacct"),

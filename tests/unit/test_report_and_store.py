@@ -5,7 +5,8 @@ import pytest
 from babysit import protocol, report
 from babysit.protocol import KillReason, NameInUse, State
 from babysit.store import Store
-from babysit.task import GiB, Host, Outcome, Usage, derive_caps, spec_from_wire
+from babysit.task import GiB, Host, Outcome, Task, Usage, derive_caps, spec_from_wire
+from babysit.timeline import Timeline
 
 HOST = Host(mem_bytes=16 * GiB, cores=4)
 
@@ -79,3 +80,46 @@ def test_a_submission_is_found_by_its_request_id(store: Store) -> None:
     task = store.add(s, derive_caps(s, HOST), at=1.0)
     assert store.by_request("3f2a-retry_1") == task
     assert store.by_request("another") is None
+
+
+def test_history_queries_and_pruning(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    host = Host(16 << 30, 8)
+
+    def finished(name: str, command: str, state: State, at: float) -> Task:
+        spec = spec_from_wire({"name": name, "command": command, "cwd": "/w"}, host)
+        task = store.add(spec, derive_caps(spec, host), at)
+        task = store.save(task.with_(state=state, started_at=at, finished_at=at + 10,
+                                     outcome=Outcome(state)), at + 10)
+        store.save_timeline(task, Timeline().add(1.0, 5 << 20, 0.5, None))
+        return task
+
+    runs = [finished("train-1", "python t.py", State.COMPLETED, 100), finished("train-2", "python t.py", State.FAILED, 200),
+            finished("eval", "python e.py", State.COMPLETED, 300), finished("train-3", "python t.py", State.COMPLETED, 400),
+            finished("other", "python t.py", State.COMPLETED, 500)]
+    assert [r.name for r in store.finished(None, 10)] == ["train-1", "train-2", "eval", "train-3", "other"]
+    assert [r.name for r in store.finished("train-2", 10)] == ["train-2"]
+    assert [r.name for r in store.finished(None, 2)] == ["train-3", "other"]
+    (run,) = store.finished("eval", 1)
+    assert (run.p95_cpu_cores, run.elapsed_s, run.state) == (0.5, 10, State.COMPLETED)
+    assert store.timeline(runs[2]).points[0].mem_bytes == 5 << 20
+    like = store.completed_like("train-4", "train", "python t.py", "/w", 10)
+    assert [r.name for r in like] == ["train-1", "train-3", "other"]  # not the failed run, not eval
+    assert store.prune(keep_runs=3, keep_s=1e9, now=600) == 2
+    assert [r.name for r in store.finished(None, 10)] == ["eval", "train-3", "other"]
+    assert store.prune(keep_runs=10, keep_s=150, now=600) == 2  # submitted before 450
+    assert [r.name for r in store.finished(None, 10)] == ["other"]
+    assert store.timeline(runs[0]) == Timeline() and store.events(runs[0]) == []
+
+
+def test_a_desktop_notification_says_how_it_ended() -> None:
+    host = Host(16 << 30, 8)
+    spec = spec_from_wire({"name": "train", "command": "x", "estimated_mem_bytes": "1G"}, host)
+    task = Task(1, spec, derive_caps(spec, host), State.KILLED, 0.0, started_at=10.0, finished_at=70.0,
+                outcome=Outcome(State.KILLED, kill_reason=KillReason.OOM), usage=Usage(peak_mem_bytes=3 << 30))
+    summary, body = report.notification(task)
+    assert summary == "babysit: train killed (oom)" and body.startswith("peak 3 GiB vs estimate 1 GiB")
+    failed = task.with_(state=State.FAILED, outcome=Outcome(State.FAILED, exit_code=3))
+    assert report.notification(failed) == ("babysit: train failed", "exit code 3 after 1m")
+    done = task.with_(state=State.COMPLETED, outcome=Outcome(State.COMPLETED, exit_code=0))
+    assert report.notification(done) == ("babysit: train completed", "after 1m")
