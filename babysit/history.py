@@ -110,7 +110,7 @@ class Learned:
         """`3 earlier runs of train: 2h10m, 7.5 GiB, 3.6 cores`, naming only the figures `taken` (wire keys)."""
         shown = {"estimated_time": lambda: format_duration(self.time_s or 0),
                  "estimated_mem_bytes": lambda: format_size(self.mem_bytes),
-                 "estimated_cpu_cores": lambda: f"{self.cpu_cores:g} cores"}
+                 "estimated_cpu_cores": lambda: f"{self.cpu_cores:g} {'core' if self.cpu_cores == 1 else 'cores'}"}
         figures = ", ".join(shown[k]() for k in shown if k in taken)
         return f"{self.runs} earlier {'run' if self.runs == 1 else 'runs'} {self.relation}: {figures}"
 

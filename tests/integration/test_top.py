@@ -62,9 +62,9 @@ def test_top_shows_the_tasks_and_quits_on_q(terminal: Terminal, task_name: str) 
         screen = wait_for(shown_running, 30, f"{task_name} running on the screen")
         lines = screen.splitlines()
         assert all(len(line) <= 80 for line in lines), screen
-        assert "babysit top" in lines[0] and "running" in lines[0] and "room" in lines[0], screen
+        assert "babysit top" in lines[0] and "1 running" in lines[0] and "room" in lines[0], screen
         row = next(line for line in lines if task_name in line)
-        assert "/64 MiB" in row and "/1" in row and "s/5m" in row, row  # memory and CPU bars, silence
+        assert "/64M" in row and "/1 " in row and "s/5m" in row, row  # memory and CPU against estimates, silence
         assert "q quits" in screen
         # a task submitted meanwhile appears without any key pressed: the daemon's signals redraw it
         assert babysit("run", f"--name={waiting}", "--command=sleep 600", "--estimated_mem_bytes=64M",
