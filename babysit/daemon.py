@@ -537,15 +537,17 @@ class Daemon:
                                     peak or 0, task.caps.memory_max_bytes))
         outcome = classify(UnitEnd.of(props, final), task.kill_requested, evidence)
         usage = final_usage(task.usage, final, outcome.kill_reason == KillReason.OOM, task.caps.memory_max_bytes)
-        if watch.timeline.points:
-            self.store.save_timeline(task, watch.timeline)
-        await self.record_end(task.with_(usage=usage), outcome, props.get("ActiveState", "") if props else None)
+        await self.record_end(task.with_(usage=usage), outcome, props.get("ActiveState", "") if props else None,
+                              watch.timeline if watch.timeline.points else None)
 
-    async def record_end(self, task: Task, outcome: Outcome, unit_state: str | None = None) -> None:
-        """Store the result, release the unit if there is one, and only then free the name and its room."""
+    async def record_end(self, task: Task, outcome: Outcome, unit_state: str | None = None,
+                         timeline: Timeline | None = None) -> None:
+        """Store the result (with the run's timeline), release the unit if there is one, and only then free
+        the name and its room."""
         if outcome.kill_reason in history.KILLING_FIGURE:  # its hint cites how the earlier runs went
             outcome = replace(outcome, history=self.earlier(task, history.KILLING_FIGURE[outcome.kill_reason]))
-        task = self.save(task.with_(state=outcome.state, outcome=outcome, finished_at=time.time()), outcome.detail)
+        task = self.save(task.with_(state=outcome.state, outcome=outcome, finished_at=time.time()), outcome.detail,
+                         timeline)
         if unit_state is not None:
             # the name stays taken meanwhile: a new run of it must not meet the old unit
             await self.release(unit_name(task.name), unit_state)
@@ -773,8 +775,8 @@ class Daemon:
     def by_id(self, task_id: int) -> Task | None:
         return next((t for t in self.tasks.values() if t.id == task_id), None)
 
-    def save(self, task: Task, detail: str = "") -> Task:
-        self.store.save(task, time.time(), detail)
+    def save(self, task: Task, detail: str = "", timeline: Timeline | None = None) -> Task:
+        self.store.save(task, time.time(), detail, timeline)
         self.tasks[task.name] = task  # a finished one stays until record_end has released its unit
         self.publish(task)
         return task

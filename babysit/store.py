@@ -174,8 +174,9 @@ class Store:
         row = self.db.execute("SELECT name FROM tasks WHERE id = ?", (run_id,)).fetchone()
         return row["name"] if row else None
 
-    def save(self, task: Task, at: float, detail: str = "") -> Task:
-        """Write a run's current record; a change of state is also logged as a transition."""
+    def save(self, task: Task, at: float, detail: str = "", timeline: Timeline | None = None) -> Task:
+        """Write a run's current record (and its timeline, when given); a change of state is also logged
+        as a transition. One transaction: a run's end is one commit."""
         with self.db:
             self.db.execute("BEGIN")
             (old_state,) = self.db.execute("SELECT state FROM tasks WHERE id = ?", (task.id,)).fetchone()
@@ -190,6 +191,8 @@ class Store:
             if old_state != task.state.value:
                 self.db.execute("INSERT INTO transitions (task_id, at, state, detail) VALUES (?, ?, ?, ?)",
                                 (task.id, at, task.state.value, detail))
+            if timeline is not None:
+                self.save_timeline(task, timeline)
         return task
 
     def get(self, task_id: int) -> Task:

@@ -347,6 +347,7 @@ async def scale(client: Client, queued: int, history: int, n: int) -> list[Row]:
     for _ in range(n):
         name = f"scale-{uuid.uuid4().hex[:6]}"
         # each measured call after a light one: a Kill's aftermath (drain, signals) would count in the next
+        await client.call("Ping")
         run_ms.append(await call_ms("Run", "a{sv}b", [spec(name, "true"), True]))
         status_ms.append(await call_ms("Status", "s", [name]))
         learning_ms.append(await call_ms("Run", "a{sv}b", [unestimated, True]))
