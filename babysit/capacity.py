@@ -80,9 +80,11 @@ def decide(host: Host, free_mem_bytes: int, running: Sequence[Reservation], mem_
     return Decision(not reason, requested, available, tuple(running), tuple(queued), reason)
 
 
-def refusal(name: str, decision: Decision) -> dict[str, Any]:
-    """The capacity_exceeded object `run` prints on stderr."""
+def refusal(name: str, decision: Decision, estimates_from: str = "") -> dict[str, Any]:
+    """The capacity_exceeded object `run` prints on stderr; `estimates_from` when estimates the caller
+    left out were learnt from earlier runs (a request the caller never wrote must say where it came from)."""
     mem, cpu = decision.requested.mem_bytes, decision.requested.cpu_cores
+    learned = {"estimates_from": estimates_from} if estimates_from else {}
     return {
         "error": "capacity_exceeded",
         "name": name,
@@ -93,7 +95,7 @@ def refusal(name: str, decision: Decision) -> dict[str, Any]:
         "reason": decision.reason,
         "hint": f"babysit wait_for_capacity --mem_bytes={mem} --cpu_cores={cpu:g}, lower the estimates, "
                 "or pass --force to queue",
-    }
+    } | learned
 
 
 def capacity_report(host: Host, free_mem_bytes: int, running: Sequence[Reservation],

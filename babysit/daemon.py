@@ -262,7 +262,7 @@ class Daemon:
             if not decision.admit and not force:
                 if spec.name in self.tasks:  # a live name is the first thing to fix
                     raise NameInUse.of(spec.name)
-                raise CapacityExceeded(json.dumps(refusal(spec.name, decision)))
+                raise CapacityExceeded(json.dumps(refusal(spec.name, decision, spec.estimates_from)))
             task = self.store.add(spec, caps, time.time())
             self.tasks[task.name] = task
             self.publish(task)

@@ -2,7 +2,8 @@
 
 A run's kin are the completed runs of the same name; failing those, of names with the same stem
 (`train-3` and `train-2026-12-01` are both `train`); failing those, of the same command in the same
-directory. Estimates are a high percentile of the kin's figures with headroom, never above the caps.
+directory. Estimates are a high percentile of the kin's figures with headroom, above floors, never above
+the caps.
 """
 
 from __future__ import annotations

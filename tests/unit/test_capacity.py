@@ -50,6 +50,10 @@ def test_refusal_names_the_figures_and_the_command() -> None:
     assert body["available"] == {"mem_bytes": 4 * GiB, "cpu_cores": 3}
     assert body["running"] == [{"name": "a", "mem_bytes": 12 * GiB, "cpu_cores": 1}]
     assert body["hint"].startswith(f"babysit wait_for_capacity --mem_bytes={6 * GiB} --cpu_cores=1,")
+    assert "estimates_from" not in body
+    learned = refusal("b", decision, "3 earlier runs of b: 6 GiB")
+    assert list(learned.items())[-1] == ("estimates_from", "3 earlier runs of b: 6 GiB")
+    assert next(iter(learned)) == "error"
 
 
 def test_a_client_decides_the_same_from_the_report() -> None:
