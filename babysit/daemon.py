@@ -766,6 +766,11 @@ class Daemon:
             self.external_pressure = True
             return
         self.external_pressure = False
+        if verdict.victims:
+            # the grace starts again: whether well-behaved tasks must go too is judged on what the host
+            # looks like once these stops have freed their memory, not on the episode they end (in CI, a
+            # runaway's stop and memory taken outside meanwhile once cost a 3 MiB bystander its run)
+            self.pressure_since = now
         for name in verdict.victims:
             log.warning("host memory pressure (%d bytes short): stopping %s", verdict.shortfall_bytes, name)
             await self.stop(self.tasks[name], KillReason.PRESSURE)
