@@ -118,8 +118,10 @@ def pressure_victims(loads: Sequence[Load], free_bytes: int, threshold_bytes: in
     """Whom to stop when free memory is below the threshold.
 
     Estimate-exceeders go first, largest overage first; tasks within their estimates only while the
-    shortfall remains, and only once the pressure is `sustained`: a dip while something outside is
-    still allocating must not cost a well-behaved task its run. What tasks already being stopped still
+    shortfall remains, only once the pressure is `sustained` (a dip while something outside is still
+    allocating must not cost a well-behaved task its run), and never in the same verdict as exceeders:
+    whether they must go too is judged once the exceeders' memory is back (in CI, a runaway holding
+    1.8 MiB less than the shortfall once cost a 3 MiB bystander its run). What tasks already being stopped still
     hold (`stopping_bytes`) is as good as free: it must not cost another task its run either. If all of
     babysit's tasks together use less than the shortfall, the pressure is someone else's: stop nothing.
     """
@@ -131,7 +133,7 @@ def pressure_victims(loads: Sequence[Load], free_bytes: int, threshold_bytes: in
     exceeders = sorted((x for x in loads if x.overage > 0), key=lambda x: x.overage, reverse=True)
     within = sorted((x for x in loads if x.overage <= 0), key=lambda x: x.mem_bytes, reverse=True)
     victims, freed = [], 0
-    for load in exceeders + (within if sustained else []):
+    for load in exceeders or (within if sustained else []):
         if freed >= shortfall:
             break
         victims.append(load.name)
