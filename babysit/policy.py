@@ -120,10 +120,11 @@ def pressure_victims(loads: Sequence[Load], free_bytes: int, threshold_bytes: in
     Estimate-exceeders go first, largest overage first; tasks within their estimates only while the
     shortfall remains, only once the pressure is `sustained` (a dip while something outside is still
     allocating must not cost a well-behaved task its run), and never in the same verdict as exceeders:
-    whether they must go too is judged once the exceeders' memory is back (in CI, a runaway holding
-    1.8 MiB less than the shortfall once cost a 3 MiB bystander its run). What tasks already being stopped still
-    hold (`stopping_bytes`) is as good as free: it must not cost another task its run either. If all of
-    babysit's tasks together use less than the shortfall, the pressure is someone else's: stop nothing.
+    whether they must go too is judged once the exceeders' memory is back (in CI, a runaway holding a
+    few MiB less than the shortfall once cost a 3 MiB bystander its run). What tasks already being
+    stopped still hold (`stopping_bytes`) is as good as free: it must not cost another task its run
+    either. If all of babysit's tasks together use less than the shortfall, the pressure is someone
+    else's: stop nothing.
     """
     shortfall = threshold_bytes - free_bytes - stopping_bytes
     if shortfall <= 0:
