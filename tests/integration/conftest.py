@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,25 @@ def daemon() -> str:
 @pytest.fixture
 def task_name() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A file a task waits for, so the test, not a sleep's length, decides when the task ends."""
+
+    path: Path
+
+    def then(self, command: str) -> str:
+        """A shell command that waits for the gate to open, then runs `command`."""
+        return f"until [ -e {self.path} ]; do sleep 0.1; done; {command}"
+
+    def open(self) -> None:
+        self.path.touch()
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Gate:
+    return Gate(tmp_path / "gate")
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from babysit import __version__
-from tests.integration.conftest import BIN, babysit, daemon_config, journal
+from tests.integration.conftest import BIN, Gate, babysit, daemon_config, journal
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
@@ -242,10 +242,10 @@ class Fresh:
     """A task of one test alone: prints `started`, waits for its release, then prints `finished`."""
 
     name: str
-    flag: Path
+    gate: Gate
 
     def release(self) -> None:
-        self.flag.touch()
+        self.gate.open()
 
 
 @pytest.fixture
@@ -254,8 +254,8 @@ def fresh(world: World, tmp_path: Path) -> Iterator[Fresh | None]:
     if world.state not in LIVE:
         yield None
         return
-    task = Fresh(f"fresh-{uuid.uuid4().hex[:8]}", tmp_path / "release")
-    command = f"echo started; until [ -e {task.flag} ]; do sleep 0.1; done; echo finished"
+    task = Fresh(f"fresh-{uuid.uuid4().hex[:8]}", Gate(tmp_path / "release"))
+    command = f"echo started; {task.gate.then('echo finished')}"
     submit(task.name, command, *TINY, *(["--force"] if world.state == QUEUED else []))  # queued behind the big one
     assert status_of(task.name) == STATUS[world.state]
     yield task

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from babysit.protocol import DAEMON_UNIT, unit_name
-from tests.integration.conftest import babysit, daemon_pid, journal, systemctl_show
+from tests.integration.conftest import Gate, babysit, daemon_pid, journal, systemctl_show
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon")]
@@ -23,10 +23,10 @@ def sigkill_daemon() -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def test_tasks_outlive_a_killed_daemon(task_name: str) -> None:
+def test_tasks_outlive_a_killed_daemon(task_name: str, gate: Gate) -> None:
     long, short = f"{task_name}-long", f"{task_name}-short"
-    # long enough to outlive two CLI calls where Python starts slowly (the VM tier's guest)
-    for name, command in ((long, "sleep 8; echo long-done"), (short, "sleep 0.5; echo short-done; exit 4")):
+    # the long one runs until the test has seen it outlive the daemon, however slowly Python starts
+    for name, command in ((long, gate.then("echo long-done")), (short, "sleep 0.5; echo short-done; exit 4")):
         started = babysit("run", f"--name={name}", f"--command={command}", *LIGHT)
         assert started.returncode == 0, started.stderr
     wait_for(lambda: systemctl_show(unit_name(long), "SubState")["SubState"] == "running", 30, "long running")
@@ -37,6 +37,7 @@ def test_tasks_outlive_a_killed_daemon(task_name: str) -> None:
     wait_for(lambda: systemctl_show(unit_name(short), "ActiveState")["ActiveState"] == "failed", 30,
              "the short task to end while no daemon runs")
     assert systemctl_show(unit_name(long), "SubState")["SubState"] == "running"
+    gate.open()
 
     # the next call activates a new daemon, which adopts both
     waited = babysit("wait", f"--name={short}")

@@ -10,9 +10,9 @@ import os
 
 import pytest
 
-from tests.integration.conftest import daemon, figure, task_name
+from tests.integration.conftest import daemon, figure, gate, task_name
 
-__all__ = ["daemon", "figure", "task_name"]  # the session tier's fixtures, shared with this tier
+__all__ = ["daemon", "figure", "gate", "task_name"]  # the session tier's fixtures, shared with this tier
 PHASE = os.environ.get("BABYSIT_VM_PHASE", "main")
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from babysit.protocol import DAEMON_UNIT, unit_name
 from tests.host.test_readme import quickstart
-from tests.integration.conftest import babysit, status, systemctl_show
+from tests.integration.conftest import Gate, babysit, status, systemctl_show
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.vm]
@@ -103,12 +103,13 @@ def test_only_the_runaway_is_killed(task_name: str) -> None:
         subprocess.run(["systemctl", "--user", "stop", f"{outside}.service"])
 
 
-def test_a_task_outlives_systemctl_restart_babysitd(task_name: str) -> None:
-    assert babysit("run", f"--name={task_name}", "--command=sleep 6; echo done").returncode == 0
+def test_a_task_outlives_systemctl_restart_babysitd(task_name: str, gate: Gate) -> None:
+    assert babysit("run", f"--name={task_name}", f"--command={gate.then('echo done')}").returncode == 0
     wait_for(lambda: status(task_name)["status"] == "running", 60, "the task to run")
     pid = systemctl_show(unit_name(task_name), "MainPID")["MainPID"]
     subprocess.run(["systemctl", "--user", "restart", DAEMON_UNIT], check=True, timeout=60)
     assert systemctl_show(unit_name(task_name), "MainPID")["MainPID"] == pid  # the same process, untouched
+    gate.open()
     done = babysit("wait", f"--name={task_name}", timeout=120)
     assert (done.returncode, json.loads(done.stdout)["status"]) == (0, "completed"), done
 
