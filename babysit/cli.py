@@ -374,8 +374,11 @@ def log(
     tail: int = typer.Option(15, "--tail", help="lines to show"),
     follow: bool = typer.Option(False, "--follow", "-f", help="stream until the task is terminal"),
 ) -> None:
-    """The task's output, from journald. Example: babysit log --name=train --tail=50 --follow"""
+    """The task's output, from journald (or its Slurm job's file). Example: babysit log --name=train --tail=50 -f"""
     report = call(lambda c: c.status(name))
+    if report.get("output_file"):
+        _log_file(name, Path(report["output_file"]), tail, follow and not State(report["status"]).terminal)
+        return
     base = ["journalctl", "--user", *output_matches(name), "-o", "cat", "--no-pager"]
     argv = list(base)
     if report.get("started_at"):
@@ -396,6 +399,40 @@ def log(
     # the lines journald stored after the follower stopped
     catch_up = [*base, "--after-cursor", cursor["last"]] if cursor["last"] else [*argv, "-n", str(tail)]
     subprocess.run(catch_up)
+
+
+def _log_file(name: str, path: Path, tail: int, follow: bool) -> None:
+    """The last `tail` lines of a task's output file; with `follow`, what it adds until the task is terminal."""
+    try:
+        output = path.open("rb")
+    except FileNotFoundError:  # a job still pending has written nothing yet
+        output = None
+    if output:
+        lines = output.read().splitlines(keepends=True)
+        sys.stdout.buffer.write(b"".join(lines[-tail:]) if tail else b"")
+        sys.stdout.flush()
+    if not follow:
+        return
+    done = asyncio.Event()
+
+    async def relay_until_terminal(c: Client) -> None:
+        async def relay() -> None:
+            nonlocal output
+            while True:  # a file's growth signals nothing over D-Bus: read it while the task runs
+                output = output or (path.open("rb") if path.exists() else None)
+                if output and (chunk := output.read()):
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                elif done.is_set():
+                    return
+                await asyncio.sleep(0.2)
+
+        relaying = asyncio.ensure_future(relay())
+        await c.wait(name)
+        done.set()
+        await relaying
+
+    call(relay_until_terminal)
 
 
 async def _until_quiet(cursor: dict[str, str], quiet_s: float = 0.25, limit_s: float = 5.0) -> None:

@@ -28,6 +28,13 @@ class Config:
     history_max_runs: float = 10000  # finished runs kept, with their timelines and events...
     history_max_days: float = 365  # ...and none older than this
     notify: bool = False  # a desktop notification when a task ends (org.freedesktop.Notifications)
+    executor: str = "systemd"  # where tasks run: "systemd" (units on this host) or "slurm" (jobs on a cluster)
+    slurm_partition: str = ""  # sbatch --partition; "" for the cluster's default
+    slurm_account: str = ""  # sbatch --account; "" for the user's default
+    slurm_output_dir: str = ""  # where jobs write their output; "" for babysit's state directory
+
+
+EXECUTORS = ("systemd", "slurm")
 
 
 def default_path() -> Path:
@@ -45,9 +52,17 @@ def parse(text: str) -> Config:
     unknown = set(data) - known
     if unknown:
         raise InvalidArgument(f"config.toml: unknown keys {', '.join(sorted(unknown))}")
-    values: dict[str, float | int | bool] = {}
+    values: dict[str, float | int | bool | str] = {}
     flags = {f.name for f in fields(Config) if f.type == "bool"}
+    words = {f.name for f in fields(Config) if f.type == "str"}
     for key, value in data.items():
+        if key in words:
+            if not isinstance(value, str):
+                raise InvalidArgument(f"config.toml: {key} must be a string")
+            if key == "executor" and value not in EXECUTORS:
+                raise InvalidArgument(f"config.toml: executor must be one of {', '.join(EXECUTORS)}")
+            values[key] = value
+            continue
         if key in flags:
             if not isinstance(value, bool):
                 raise InvalidArgument(f"config.toml: {key} must be true or false")

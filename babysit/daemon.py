@@ -1,7 +1,7 @@
 """babysitd: the scheduler. One handler per client verb, one per process transition (spawn, finish, stop).
 
-Everything it learns about units comes from systemd's PropertiesChanged signals; the only periodic work is
-sampling usage, which systemd does not push.
+Where runs execute is its executor's business (babysit.executor): systemd units on this host, or Slurm
+jobs. The scheduler's only periodic work is sampling usage, which nothing pushes.
 """
 
 from __future__ import annotations
@@ -12,39 +12,33 @@ import json
 import logging
 import os
 import resource
-import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from dbus_fast.errors import DBusError
-
-from babysit import __version__, accounting, config, failpoints, history, journal, policy, report, store
+from babysit import __version__, config, failpoints, history, policy, report, store
 from babysit import bus as session_bus
 from babysit.capacity import Decision, Reservation, capacity_report, decide, refusal, requested_room, room, shortfall
-from babysit.cgroup import CgroupFiles, Layout, OomNotifier, missing_controllers, oom_notifier, read_sample
-from babysit.host import free_mem_bytes, meminfo, read_host
-from babysit.outcome import UnitEnd, classify, final_usage, has_ended, oom_evidence, tells_the_exit
+from babysit.executor import Executor, StartRefused
+from babysit.host import meminfo
 from babysit.protocol import (
-    SLICE, UNIT_PREFIX, BabysitError, CapacityExceeded, CapsUnavailable, InvalidArgument, KillReason, NameInUse, NoSuchTask,
-    NotRunning, State, log_command, unit_name,
+    BabysitError, CapacityExceeded, CapsUnavailable, InvalidArgument, KillReason, NameInUse, NoSuchTask, NotRunning,
+    State,
 )
 from babysit.quantities import format_duration
-from babysit.systemd import SERVICE, UNIT, Systemd, UnitChange, unit_path
 from babysit.task import (
-    RUNTIME_BACKSTOP_MARGIN_S, Caps, Host, Outcome, Spread, Task, TaskSpec, Usage, derive_caps, limits,
-    spec_from_wire, spec_to_wire, validate_name,
+    RUNTIME_BACKSTOP_MARGIN_S, Host, Outcome, Spread, Task, TaskSpec, Usage, derive_caps, limits, spec_from_wire,
+    spec_to_wire, validate_name,
 )
 from babysit.timeline import Timeline
-from babysit.unit import (
-    USEC, Described, cap_properties, description, parse_description, start_properties, unit_command,
-)
+
+if TYPE_CHECKING:
+    from dbus_fast.aio import MessageBus
 
 log = logging.getLogger("babysitd")
-ACTIVE_STATES = ("activating", "active", "deactivating", "reloading")
 PRUNE_EVERY = 100  # finished runs between two prunings of the history (and one at start)
 TIMELINE_SAVE_S = 60.0  # a running task's usage series is stored at least this often (and at its end)
 
@@ -60,22 +54,15 @@ class Publisher(Protocol):
 
 @dataclass
 class Watch:
-    """A running task's unit, as its signals have shown it so far."""
+    """What the scheduler keeps of a running task between two samples."""
 
     task_id: int
-    props: dict[str, Any] = field(default_factory=dict)
-    seen_active: bool = False
-    cpu_mark: tuple[float, int] | None = None  # (monotonic time, CPU ns) of the window's start
+    cpu_mark: tuple[float, float] | None = None  # (monotonic time, CPU seconds) of the window's start
     last_output_at: float = 0.0  # epoch seconds of its newest line that babysit has seen (or its start)
-    output_asked_at: float = -1e9  # when journald was last asked about it (monotonic)
+    output_asked_at: float = -1e9  # when its executor was last asked about output (monotonic)
     timeout_timer: asyncio.TimerHandle | None = None  # its kill_timeout
     stall_timer: asyncio.TimerHandle | None = None  # its next stall check
-
     policy: policy.Memory = field(default_factory=policy.Memory)
-    oom_kills: int = 0  # cgroup v1 evidence of the OOM killer, as last sampled
-    failcnt: int = 0
-    oom: OomNotifier | None = None  # cgroup v1: armed once the unit's cgroup exists
-    files: CgroupFiles = field(default_factory=CgroupFiles)  # the figures the sampler reads
     next_sample_at: float = 0.0  # monotonic; see policy.sample_interval
     timeline: Timeline = field(default_factory=Timeline)
     timeline_saved_at: float = 0.0  # monotonic
@@ -85,164 +72,72 @@ class Watch:
             if timer:
                 timer.cancel()
 
-    def close(self) -> None:
-        """Nothing of it runs or stays open any more: its unit is over."""
-        self.disarm()
-        self.files.close()
-
 
 class Daemon:
-    def __init__(self, systemd: Systemd, db: store.Store, host: Host, layout: Layout, settings: config.Config,
-                 manager_cgroup: str, caps_missing: list[str], advice: list[str], ends_dir: Path) -> None:
-        self.systemd = systemd
+    def __init__(self, executor: Executor, db: store.Store, settings: config.Config, advice: list[str]) -> None:
+        self.executor = executor
         self.store = db
-        self.host = host
-        self.layout = layout
         self.config = settings
-        self.manager_cgroup = manager_cgroup
-        self.caps_missing = caps_missing  # why caps cannot be applied, with the fix: `run` refuses then
-        self.advice = advice  # what else does not hold here, with the fix: `run` goes on
+        self.advice = advice + executor.advice  # what does not hold here, with the fix: `run` goes on
         self.publisher: Publisher | None = None
-        # by name: queued and running tasks, and finished ones until their unit is released
+        # by name: queued and running tasks, and finished ones until their executor has let go of them
         self.tasks: dict[str, Task] = {t.name: t for t in db.live()}
-        self.watches: dict[str, Watch] = {}  # unit object path -> watch
-        self._finishing: set[int] = set()
+        self.watches: dict[int, Watch] = {}  # running tasks' by run id
         self._admission = asyncio.Lock()  # one decision at a time, so two tasks never take the same room
         self._drain_requested = False  # a burst of task ends drains the queue once, not once per end
         self._ends_since_prune = 0  # see prune
         self._background: set[asyncio.Task[None]] = set()
         self.external_pressure = False  # reported once per episode
         self.pressure_since: float | None = None  # monotonic start of the current low-memory episode
-        self.ends_dir = ends_dir  # where units leave their final accounting (see babysit.accounting)
-        ends_dir.mkdir(parents=True, exist_ok=True)
-        self.record_script = accounting.install_script(ends_dir)
-        self.stdbuf = shutil.which("stdbuf")  # coreutils: line-buffered output for native loggers
-        self.last_output = journal.LastOutput()
-        if not self.stdbuf:
-            advice.append("coreutils' stdbuf is missing, so the output of C/C++ programs in tasks stays "
-                          "block-buffered and may look like a stall; fix: install coreutils")
+
+    @property
+    def host(self) -> Host:
+        return self.executor.host
 
     # --- start-up ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Subscribe first, then take the snapshot, so no unit change falls in between (see bleak)."""
+        """Listen to the executor first, then take the snapshot, so no change falls in between (see bleak)."""
+        await self.executor.open(self)
         for task in list(self.tasks.values()):
             if task.state == State.QUEUED:
-                await self.recover_spawn(task)
+                recovered = await self.executor.recover_queued(task)
+                if recovered != task:
+                    self.save(recovered)
             self.publish(self.tasks[task.name])  # its object exists before a waiter looks, so changes signal
-        for task in self.tasks.values():
-            if task.state == State.RUNNING:
-                self.watches[unit_path(unit_name(task.name))] = Watch(task.id)
-        await self.systemd.subscribe(self.on_unit_change)
-        await self.take_up_unrecorded_units()
+        await self.take_up_orphans()
         for task in list(self.tasks.values()):
             if task.state == State.RUNNING:
                 await self.adopt(task)
-        await self.release_orphans()
+        await self.executor.tidy(set(self.tasks))
         self.prune()
         await self.drain()  # queued tasks survive restarts, and start once they fit
 
-    async def recover_spawn(self, task: Task) -> None:
-        """A queued task that has a unit or an end record: the last daemon died around its start."""
-        unit = unit_name(task.name)
-        if await self.systemd.get_unit(unit) is None:
-            if self.record_of(task).exists():  # it ran and ended while no daemon watched: never run it again
-                self.save(task.with_(state=State.RUNNING))  # adopt() reads how it ended; its start is not known
-                log.info("recovered %s: it ran and ended while no daemon watched", task.name)
-            return
-        props = await self.systemd.properties(unit, UNIT)
-        described = parse_description(props.get("Description", ""))
-        if described is None or described.run_id != task.id:
-            await self.release(unit, props.get("ActiveState", ""))  # an older run's, whose result is stored
-            return
-        started = props.get("ActiveEnterTimestamp", 0) / 1e6 or time.time()
-        self.save(task.with_(state=State.RUNNING, started_at=started))
-        log.info("recovered %s: its unit was started just before the last daemon stopped", task.name)
-
-    async def take_up_unrecorded_units(self) -> None:
-        """Task units that babysit's records do not know (the database was lost or damaged): their
-        Description says whose run they are and with which estimates, so they are watched again."""
-        live = {unit_name(t.name) for t in self.tasks.values()}
-        for unit, active, _sub in await self.systemd.list_units(f"{UNIT_PREFIX}*.service"):
-            if unit in live or active == "inactive":
-                continue
-            props = await self.unit_properties(unit)
-            described = parse_description(props.get("Description", ""))
-            if described is None or unit != unit_name(described.name):
-                continue
-            recorded = self.store.name_of(described.run_id)
-            if recorded == described.name:
-                continue  # a finished run of ours whose unit was not released yet: release_orphans does that
+    async def take_up_orphans(self) -> None:
+        """Runs the executor has that babysit's records do not know (the database was lost or damaged): they
+        are recorded and watched again."""
+        for orphan in await self.executor.orphans(set(self.tasks)):
+            recorded = self.store.name_of(orphan.run_id)
+            if recorded == orphan.spec.name:
+                continue  # a finished run of ours not yet let go of: the executor's tidy() does that
             try:
-                # keep the run's id unless a newer record took it (its unit's Description names the id)
-                task = self.store.add_running(self.spec_of_unit(described, props), self.caps_of_unit(described, props),
-                                              None if recorded else described.run_id,
-                                              props.get("ActiveEnterTimestamp", 0) / USEC or time.time())
+                # keep the run's id unless a newer record took it
+                task = self.store.add_running(orphan.spec, orphan.caps, None if recorded else orphan.run_id,
+                                              orphan.started_at)
             except BabysitError as e:
-                log.warning("cannot take up %s, which babysit has no record of: %s", unit, e)
+                log.warning("cannot take up run #%d of %s, which babysit has no record of: %s", orphan.run_id,
+                            orphan.spec.name, e)
                 continue
             self.tasks[task.name] = task
-            self.watches[unit_path(unit)] = Watch(task.id)
             self.publish(task)
-            log.warning("took up %s (run #%d), which babysit had no record of", unit, task.id)
-
-    def spec_of_unit(self, described: Described, props: Mapping[str, Any]) -> TaskSpec:
-        """A task's spec, read back from its unit: the command, directory and environment systemd has."""
-        command = next((unit_command(argv) for _path, argv, *_ in props.get("ExecStart", [])), "")
-        f = described.fields
-        wire = {"name": described.name, "command": command, "cwd": props.get("WorkingDirectory") or "~",
-                "env": dict(v.split("=", 1) for v in props.get("Environment", []) if "=" in v),
-                "estimated_time": f.get("time_s"), "kill_timeout": f.get("kill_timeout_s"),
-                "observability_interval": f.get("observability_interval_s"),
-                "estimated_mem_bytes": f.get("mem_bytes"), "estimated_cpu_cores": f.get("cpu_cores"),
-                "mem_pct_limit": f.get("mem_pct_limit"), "cpu_pct_limit": f.get("cpu_pct_limit")}
-        return spec_from_wire({k: v for k, v in wire.items() if v is not None}, self.host)
-
-    def caps_of_unit(self, described: Described, props: Mapping[str, Any]) -> Caps:
-        """The caps systemd enforces on a unit, as they are (the host or the config may have changed)."""
-        f = described.fields
-        return Caps(mem_limit_bytes=int(self.host.mem_bytes * f.get("mem_pct_limit", 100) / 100),
-                    cpu_limit_cores=self.host.cores * f.get("cpu_pct_limit", 100) / 100,
-                    memory_max_bytes=int(props.get("MemoryMax", 0)),
-                    cpu_quota_pct=props.get("CPUQuotaPerSecUSec", 0) / USEC * 100,
-                    runtime_max_s=props.get("RuntimeMaxUSec", 0) / USEC)
+            log.warning("took up %s (run #%d), which babysit had no record of", task.name, task.id)
 
     async def adopt(self, task: Task) -> None:
         """Take up a task that was running when the previous daemon stopped."""
-        unit = unit_name(task.name)
-        if await self.systemd.get_unit(unit) is None:
-            self.watches.pop(unit_path(unit), None)
-            final = accounting.read(self.record_of(task))
-            if final:  # it ended while no daemon ran, and left its accounting behind
-                await self.conclude(task, Watch(task.id), {}, final)
-                return
-            outcome = (Outcome(State.KILLED, kill_reason=task.kill_requested) if task.kill_requested else
-                       Outcome(State.UNKNOWN, detail="its unit was gone when babysitd restarted, so how it ended "
-                                                     f"is not known; see {log_command(task.name)}"))
-            await self.record_end(task, outcome)
-            return
-        props = await self.unit_properties(unit)
-        watch = self.watches.setdefault(unit_path(unit), Watch(task.id))
+        watch = self.watches.setdefault(task.id, Watch(task.id))
         watch.timeline = self.store.timeline(task)
-        watch.props.update(props)
-        watch.seen_active = True  # it ran: a loaded, inactive task unit has ended
-        if watch.oom is None and props.get("SubState") == "running":
-            self.arm_oom_notifier(task, watch)
-        if has_ended(watch.props, started=True):
-            await self.finish(task)
-            return
         self.arm_deadlines(task, watch)
-        log.info("adopted running task %s", task.name)
-
-    async def release_orphans(self) -> None:
-        """Task units whose result is stored but that were not released (the daemon died in between)."""
-        live = {unit_name(t.name) for t in self.tasks.values()}
-        for unit, active, sub in await self.systemd.list_units(f"{UNIT_PREFIX}*.service"):
-            if unit not in live and (active == "failed" or sub == "exited"):
-                await self.release(unit, active)
-
-    async def unit_properties(self, unit: str) -> dict[str, Any]:
-        return {**await self.systemd.properties(unit, UNIT), **await self.systemd.properties(unit, SERVICE)}
+        await self.executor.adopt(task)  # which says so if it ended meanwhile
 
     # --- client verbs -----------------------------------------------------------------------------
 
@@ -251,8 +146,8 @@ class Daemon:
         spec, _ = self.with_learned_estimates(spec_from_wire(wire, self.host), wire)
         caps = derive_caps(spec, self.host)
         check_cwd(spec.cwd)
-        if self.caps_missing:
-            raise CapsUnavailable("; ".join(self.caps_missing))
+        if self.executor.caps_missing:
+            raise CapsUnavailable("; ".join(self.executor.caps_missing))
         async with self._admission:
             earlier = self.store.by_request(spec.request_id) if spec.request_id else None
             if earlier:
@@ -266,7 +161,7 @@ class Daemon:
             task = self.store.add(spec, caps, time.time())
             self.tasks[task.name] = task
             self.publish(task)
-            if decision.admit:
+            if decision.admit or self.executor.queues:
                 await self.spawn(task)
             else:
                 log.info("queued %s: %s", task.name, decision.reason)
@@ -275,7 +170,7 @@ class Daemon:
     async def kill(self, name: str) -> None:
         """Graceful stop of a running task, or removal of a queued one."""
         task = self.live(name)
-        if task.state == State.QUEUED:
+        if task.state == State.QUEUED and task.job is None:  # not handed to its executor yet
             await self.record_end(task, Outcome(State.KILLED, kill_reason=KillReason.USER))
         else:
             await self.stop(task, KillReason.USER)
@@ -288,18 +183,15 @@ class Daemon:
             spec = replace(spec, estimates_from=task.spec.estimates_from)
         caps = derive_caps(spec, self.host)
         if task.state == State.RUNNING:
-            # RuntimeMaxSec was fixed at start; the daemon's own timer enforces kill_timeout below it
+            # the executor's backstop was fixed at start; the daemon's own timer enforces kill_timeout below it
             longest = task.caps.runtime_max_s - RUNTIME_BACKSTOP_MARGIN_S
             if spec.estimates.kill_timeout_s > longest:
                 raise InvalidArgument(f"kill_timeout of a running task can grow to at most {format_duration(longest)} "
-                                      "(the systemd backstop set at its start)")
+                                      f"(the {self.executor.kind} backstop set at its start)")
             caps = replace(caps, runtime_max_s=task.caps.runtime_max_s)
-            adjusted = task.with_(spec=spec, caps=caps)
-            # the Description carries the estimates, for a daemon that has to take the unit up without records
-            await self.systemd.set_unit_properties(unit_name(name), cap_properties(caps)
-                                                   | {"Description": description(adjusted)})
+            caps = await self.executor.set_caps(task.with_(spec=spec, caps=caps), task.caps)
         task = self.save(task.with_(spec=spec, caps=caps))
-        watch = self.watches.get(unit_path(unit_name(name)))
+        watch = self.watches.get(task.id)
         if task.state == State.RUNNING and watch:
             self.arm_deadlines(task, watch)
         await self.drain()
@@ -307,7 +199,7 @@ class Daemon:
     def status(self, name: str) -> dict[str, Any]:
         """Everything known about a name's latest run, its usage over time included."""
         ((task, now_known),) = self.describe([self.latest(name)])
-        watch = self.watches.get(unit_path(unit_name(name))) if task.state == State.RUNNING else None
+        watch = self.watches.get(task.id) if task.state == State.RUNNING else None
         timeline = watch.timeline if watch else self.store.timeline(task)
         return report.status(task, time.time()) | now_known | {"timeline": timeline.as_dict()}
 
@@ -328,7 +220,7 @@ class Daemon:
         """
         now = time.time()
         position = {task.name: i for i, task in enumerate(self.queue())}
-        available = room(self.host, free_mem_bytes(), self.reservations())
+        available = room(*self.room_now())
         room_now = available.as_dict()
         described = []
         for task in tasks:
@@ -349,10 +241,10 @@ class Daemon:
 
     @property
     def warnings(self) -> list[str]:
-        return self.caps_missing + self.advice
+        return self.executor.caps_missing + self.advice
 
     def capacity(self) -> dict[str, Any]:
-        return capacity_report(self.host, free_mem_bytes(), self.reservations(),
+        return capacity_report(*self.room_now(),
                                [t.name for t in self.queue()]) | {"warnings": self.warnings}
 
     # --- history: what earlier runs tell ----------------------------------------------------------
@@ -399,6 +291,11 @@ class Daemon:
 
     # --- admission ---------------------------------------------------------------------------------
 
+    def room_now(self) -> tuple[Host, int, list[Reservation]]:
+        """What admission weighs a task against: the room, the free memory, and what running tasks hold."""
+        capacity = self.executor.capacity()
+        return capacity.host, capacity.free_mem_bytes, self.reservations() if capacity.counts_running else []
+
     def reservations(self) -> list[Reservation]:
         return [Reservation(t.name, t.spec.estimates.mem_bytes, t.spec.estimates.cpu_cores, t.usage.mem_bytes)
                 for t in self.tasks.values() if t.state == State.RUNNING]
@@ -408,12 +305,20 @@ class Daemon:
 
     def decide(self, mem_bytes: int, cpu_cores: float, ahead: list[str] | None = None) -> Decision:
         queued = [t.name for t in self.queue()] if ahead is None else ahead
-        return decide(self.host, free_mem_bytes(), self.reservations(), mem_bytes, cpu_cores, queued)
+        return decide(*self.room_now(), mem_bytes, cpu_cores, queued)
 
     async def drain(self) -> None:
-        """Start queued tasks in submission order while the first of them fits (none overtakes another)."""
+        """Start queued tasks in submission order while the first of them fits (none overtakes another).
+
+        An executor with its own queue (Slurm) gets every task at once: babysit's holds only those a
+        restart caught before they were handed over.
+        """
         async with self._admission:
             for task in self.queue():
+                if self.executor.queues:
+                    if task.job is None:
+                        await self.spawn(task)
+                    continue
                 if not self.decide(task.spec.estimates.mem_bytes, task.spec.estimates.cpu_cores, []).admit:
                     break
                 await self.spawn(task)
@@ -455,103 +360,56 @@ class Daemon:
     # --- process transitions ----------------------------------------------------------------------
 
     async def spawn(self, task: Task) -> None:
-        """Start a queued task as its transient unit."""
-        unit = unit_name(task.name)
-        self.watches[unit_path(unit)] = Watch(task.id)  # before the start: its first signals count
+        """Hand a queued task to its executor, which starts it now or queues it itself."""
+        self.watches[task.id] = Watch(task.id)  # before the start: a run can end before start() returns
         try:
-            cgroup = self.cgroup_of(task)
-            stop_post = accounting.stop_post_command(self.record_script, self.record_of(task),
-                                                     self.layout.memory_dir(cgroup), self.layout.cpu_files(cgroup))
-            await self.systemd.start_transient_unit(unit, start_properties(task, self.config.stop_grace_s, stop_post,
-                                                                           self.stdbuf))
-        except DBusError as e:
-            self.watches.pop(unit_path(unit), None)
-            await self.record_end(task, Outcome(State.FAILED, detail=f"systemd refused to start it: {e.text}"))
+            task = await self.executor.start(task)
+        except StartRefused as e:
+            self.watches.pop(task.id, None)
+            await self.record_end(task, Outcome(State.FAILED, detail=str(e)))
             return
-        task = self.save(task.with_(state=State.RUNNING, started_at=time.time()))
-        if watch := self.watches.get(unit_path(unit)):  # unless it is already over
-            self.arm_deadlines(task, watch)
-
-    def on_unit_change(self, change: UnitChange) -> None:
-        """systemd's signal for one unit: note it, and finish the task once its command is over."""
-        watch = self.watches.get(change.path)
-        if watch is None:
+        if task.id not in self.watches:  # already over
             return
-        watch.props.update(change.changed)
-        if change.changed.get("ActiveState") in ACTIVE_STATES:
-            watch.seen_active = True
-        task = self.by_id(watch.task_id)
-        if task and watch.oom is None and change.changed.get("ActiveState") == "active":
-            self.arm_oom_notifier(task, watch)
-        if task and has_ended(watch.props, watch.seen_active) and task.id not in self._finishing:
-            self._finishing.add(task.id)
-            self.background(self.finish(task), f"finishing {task.name}")
+        task = self.save(task)
+        if task.state == State.RUNNING:
+            self.arm_deadlines(task, self.watches[task.id])
 
-    def arm_oom_notifier(self, task: Task, watch: Watch) -> None:
-        watch.oom = oom_notifier(self.layout, self.cgroup_of(task))
-        if watch.oom:
-            asyncio.get_running_loop().add_reader(watch.oom.fd, self.on_oom_notice, task.id, watch)
+    def task(self, task_id: int) -> Task | None:
+        """The current record of a live run (for the executor)."""
+        return self.by_id(task_id)
 
-    def on_oom_notice(self, task_id: int, watch: Watch) -> None:
-        """The kernel's OOM notification (v1): the cgroup still holds what it had at the limit, so read it now."""
-        assert watch.oom is not None
-        watch.oom.on_readable()
-        task = self.by_id(task_id)
-        if task and watch.oom.fired:
+    def started(self, task_id: int, at: float) -> None:
+        """A run left the executor's own queue."""
+        task, watch = self.by_id(task_id), self.watches.get(task_id)
+        if task and watch and task.state == State.QUEUED:
+            self.arm_deadlines(self.save(task.with_(state=State.RUNNING, started_at=at)), watch)
+
+    def sample_now(self, task_id: int) -> None:
+        """The kernel's OOM notice (v1): the cgroup still holds what it had at the limit, so read it now."""
+        task, watch = self.by_id(task_id), self.watches.get(task_id)
+        if task and watch:
             with self.isolated(task, "reading it at its OOM notification"):
                 self.sample(task, watch)
 
-    def cgroup_of(self, task: Task) -> str:
-        return f"{self.manager_cgroup}/{SLICE}/{unit_name(task.name)}"
+    async def ended(self, task_id: int, outcome: Outcome, usage: Usage) -> None:
+        """A run is over, as its executor judged it: store the result with the run's timeline."""
+        task = self.by_id(task_id)
+        if task is None:
+            return
+        watch = self.watches.pop(task_id, None)
+        if watch:
+            watch.disarm()
+        timeline = watch.timeline if watch and watch.timeline.points else None
+        await self.record_end(task.with_(usage=usage), outcome, timeline)
 
-    def record_of(self, task: Task) -> Path:
-        """Where the unit of this run leaves its final accounting."""
-        return self.ends_dir / str(task.id)
-
-    async def finish(self, task: Task) -> None:
-        """A task's unit is over: read how it ended, store the result, release the unit."""
-        self._finishing.add(task.id)
-        try:
-            unit = unit_name(task.name)
-            watch = self.watches.pop(unit_path(unit), Watch(task.id))
-            watch.close()
-            final, props = accounting.read(self.record_of(task)), watch.props
-            if not tells_the_exit(final):  # then ask systemd all it knows (two big replies: ms the waiter waits)
-                with contextlib.suppress(DBusError):  # already unloaded: the signals carried the end
-                    props = {**watch.props, **await self.unit_properties(unit)}
-            if watch.oom:
-                asyncio.get_running_loop().remove_reader(watch.oom.fd)
-                watch.oom.on_readable()  # a wake not yet delivered
-                watch.oom.close()
-            await self.conclude(self.by_id(task.id) or task, watch, props, final)
-        finally:
-            self._finishing.discard(task.id)
-
-    async def conclude(self, task: Task, watch: Watch, props: Mapping[str, Any],
-                       final: accounting.FinalAccounting | None) -> None:
-        """Judge how a run ended, from systemd's word and the kernel's final accounting, and store it."""
-        peak = max(task.usage.peak_mem_bytes or 0, final.peak_mem_bytes or 0) if final else task.usage.peak_mem_bytes
-        evidence = (bool(watch.oom and watch.oom.fired)
-                    or oom_evidence(max(watch.oom_kills, final.oom_kills or 0) if final else watch.oom_kills,
-                                    max(watch.failcnt, final.mem_failcnt or 0) if final else watch.failcnt,
-                                    peak or 0, task.caps.memory_max_bytes))
-        outcome = classify(UnitEnd.of(props, final), task.kill_requested, evidence)
-        usage = final_usage(task.usage, final, outcome.kill_reason == KillReason.OOM, task.caps.memory_max_bytes)
-        await self.record_end(task.with_(usage=usage), outcome, props.get("ActiveState", "") if props else None,
-                              watch.timeline if watch.timeline.points else None)
-
-    async def record_end(self, task: Task, outcome: Outcome, unit_state: str | None = None,
-                         timeline: Timeline | None = None) -> None:
-        """Store the result (with the run's timeline), release the unit if there is one, and only then free
+    async def record_end(self, task: Task, outcome: Outcome, timeline: Timeline | None = None) -> None:
+        """Store the result (with the run's timeline), let the executor release the run, and only then free
         the name and its room."""
         if outcome.kill_reason in history.KILLING_FIGURE:  # its hint cites how the earlier runs went
             outcome = replace(outcome, history=self.earlier(task, history.KILLING_FIGURE[outcome.kill_reason]))
         task = self.save(task.with_(state=outcome.state, outcome=outcome, finished_at=time.time()), outcome.detail,
                          timeline)
-        if unit_state is not None:
-            # the name stays taken meanwhile: a new run of it must not meet the old unit
-            await self.release(unit_name(task.name), unit_state)
-        self.record_of(task).unlink(missing_ok=True)
+        await self.executor.release(task)  # the name stays taken meanwhile: a new run must not meet the old one
         self.tasks.pop(task.name, None)
         self._ends_since_prune += 1
         if self._ends_since_prune >= PRUNE_EVERY:
@@ -567,20 +425,10 @@ class Daemon:
         if gone:
             log.info("forgot %d finished runs beyond the history's bounds", gone)
 
-    async def release(self, unit: str, active_state: str) -> None:
-        """Let systemd forget a finished unit, so the name can run again."""
-        try:
-            if active_state == "failed":
-                await self.systemd.reset_failed_unit(unit)
-            elif active_state != "inactive":
-                await self.systemd.stop_unit(unit)
-        except DBusError as e:
-            log.warning("could not release %s: %s", unit, e.text)
-
     async def stop(self, task: Task, reason: KillReason) -> None:
         """A graceful stop babysit decided on: remembered first, so a restart still knows why."""
         self.save(task.with_(kill_requested=reason))
-        await self.systemd.stop_unit(unit_name(task.name))
+        await self.executor.stop(task)
 
     # --- sampling ---------------------------------------------------------------------------------
 
@@ -589,8 +437,9 @@ class Daemon:
         while True:
             await asyncio.sleep(self.config.tick_s)
             failpoints.check("sample_loop", once=True)
-            now, free, threshold = time.monotonic(), free_mem_bytes(), self.pressure_threshold()
-            pressure = free < threshold  # then every task's figures must be fresh
+            now = time.monotonic()
+            free, threshold = self.executor.capacity().free_mem_bytes, self.pressure_threshold()
+            pressure = self.executor.pressure_applies and free < threshold  # then every figure must be fresh
             for watch in list(self.watches.values()):
                 task = self.by_id(watch.task_id)
                 if task and task.state == State.RUNNING and (pressure or now >= watch.next_sample_at):
@@ -601,7 +450,8 @@ class Daemon:
                         watch.next_sample_at = now + policy.sample_interval(
                             task.usage.mem_bytes, task.usage.cpu_cores, task.spec.estimates, self.config.tick_s,
                             self.config.tolerance_s) - self.config.tick_s / 2  # due on the tick nearest to it
-            await self.check_pressure(free, threshold)
+            if self.executor.pressure_applies:
+                await self.check_pressure(free, threshold)
 
     @contextlib.contextmanager
     def isolated(self, task: Task, doing: str) -> Iterator[None]:
@@ -624,24 +474,23 @@ class Daemon:
         running.add_done_callback(done)
 
     def sample(self, task: Task, watch: Watch) -> Task:
-        """Memory now and peak, CPU seconds and cores over the window, from the unit's cgroup."""
-        sample = read_sample(self.layout, self.cgroup_of(task), watch.files)
+        """Memory now and peak, CPU seconds and cores over the window, as the executor reads them."""
+        sample = self.executor.read(task)
         if sample is None:
             return task
         now = time.monotonic()
         cores = task.usage.cpu_cores
         if watch.cpu_mark is None:
-            watch.cpu_mark = (now, sample.cpu_ns)
+            watch.cpu_mark = (now, sample.cpu_seconds)
         elif now - watch.cpu_mark[0] >= self.config.cpu_window_s or not cores:
             elapsed = now - watch.cpu_mark[0]
             if elapsed > 0:
-                cores = max(0.0, (sample.cpu_ns - watch.cpu_mark[1]) / 1e9 / elapsed)  # a process may have ended
-                watch.cpu_mark = (now, sample.cpu_ns)
-        watch.oom_kills, watch.failcnt = sample.oom_kills, sample.mem_failcnt or 0
+                cores = max(0.0, (sample.cpu_seconds - watch.cpu_mark[1]) / elapsed)  # a process may have ended
+                watch.cpu_mark = (now, sample.cpu_seconds)
         usage = Usage(
             mem_bytes=sample.mem_bytes,
             peak_mem_bytes=max(task.usage.peak_mem_bytes or 0, sample.mem_bytes, sample.peak_mem_bytes or 0),
-            cpu_seconds=max(task.usage.cpu_seconds or 0.0, sample.cpu_ns / 1e9),
+            cpu_seconds=max(task.usage.cpu_seconds or 0.0, sample.cpu_seconds),
             cpu_cores=cores,
         )
         if usage != task.usage:  # a quiet task costs no write and no signal
@@ -696,7 +545,7 @@ class Daemon:
 
     def running_watch(self, task_id: int) -> tuple[Task, Watch] | None:
         task = self.by_id(task_id)
-        watch = self.watches.get(unit_path(unit_name(task.name))) if task else None
+        watch = self.watches.get(task_id)
         if task is None or watch is None or task.state != State.RUNNING or task.kill_requested:
             return None
         return task, watch
@@ -724,7 +573,7 @@ class Daemon:
 
     def silent_s(self, task: Task, now: float) -> float | None:
         """Seconds since a running task's last line, computed when asked (once a second at most, for long lists)."""
-        watch = self.watches.get(unit_path(unit_name(task.name)))
+        watch = self.watches.get(task.id)
         if watch is None:
             return None
         if time.monotonic() - watch.output_asked_at > 1.0:
@@ -732,8 +581,8 @@ class Daemon:
         return round(now - watch.last_output_at, 1)
 
     def note_output(self, task: Task, watch: Watch) -> None:
-        """What journald says of the task's newest line."""
-        written = self.last_output.at(task.name)
+        """What the executor says of the task's newest line."""
+        written = self.executor.last_output_at(task)
         watch.output_asked_at = time.monotonic()
         if written:
             watch.last_output_at = max(watch.last_output_at, written)
@@ -782,7 +631,7 @@ class Daemon:
 
     def save(self, task: Task, detail: str = "", timeline: Timeline | None = None) -> Task:
         self.store.save(task, time.time(), detail, timeline)
-        self.tasks[task.name] = task  # a finished one stays until record_end has released its unit
+        self.tasks[task.name] = task  # a finished one stays until its executor let go of it
         self.publish(task)
         return task
 
@@ -802,22 +651,21 @@ def check_cwd(cwd: str) -> None:
         raise InvalidArgument(f"cwd {cwd}: permission denied (this user cannot enter it)")
 
 
-async def check_preconditions(systemd: Systemd, layout: Layout) -> tuple[str, list[str]]:
-    """The user manager's cgroup, and what keeps caps from working (each with its fix)."""
-    manager_cgroup = await systemd.manager_property("ControlGroup")
-    warnings = []
-    missing = missing_controllers(layout, manager_cgroup, os.getuid())
-    if missing:
-        warnings.append(
-            f"the user manager has no {'/'.join(missing)} controller delegated, so systemd would ignore "
-            "MemoryMax/CPUQuota; fix: a drop-in for user@.service with Delegate=yes (and cgroup v2), "
-            "then log in again"
-        )
-    return manager_cgroup, warnings
-
-
 class SupervisionEnded(Exception):
     """A loop that watches tasks ended: babysitd exits non-zero, so systemd starts a fresh one."""
+
+
+async def open_executor(bus: MessageBus, settings: config.Config) -> Executor:
+    """The executor the config names (the adapters are imported here: the scheduler needs none of them)."""
+    state_dir = store.default_path().parent
+    if settings.executor == "slurm":
+        from babysit.executor_slurm import SlurmExecutor
+
+        return await SlurmExecutor.connect(settings, state_dir)
+    from babysit.executor_systemd import SystemdExecutor
+    from babysit.systemd import Systemd
+
+    return await SystemdExecutor.connect(Systemd(bus), settings, state_dir)
 
 
 async def serve() -> None:
@@ -828,15 +676,10 @@ async def serve() -> None:
     # descriptors would cap the number of tasks
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
     bus = await session_bus.connect()
-    systemd = Systemd(bus)
     settings = config.load()
-    layout = Layout.of_this_machine()
-    manager_cgroup, caps_missing = await check_preconditions(systemd, layout)
-    rate_limited = journal.rate_limit_warning(journal.journald_config_texts())
+    executor = await open_executor(bus, settings)
     db, damaged = store.open_or_replace(store.default_path(), time.time())
-    advice = [note for note in (rate_limited, damaged) if note]
-    daemon = Daemon(systemd, db, read_host(settings), layout, settings, manager_cgroup, caps_missing, advice,
-                    store.default_path().parent / "ends")
+    daemon = Daemon(executor, db, settings, [damaged] if damaged else [])
     for warning in daemon.warnings:
         log.warning("%s", warning)
     service = BusService(bus, daemon)
@@ -845,7 +688,8 @@ async def serve() -> None:
     await service.export()  # the name last: D-Bus activation callers only get a ready daemon
     loop = asyncio.get_running_loop()
     supervision = {loop.create_task(work): name for work, name in (
-        (daemon.sample_forever(), "sampling"), (daemon.recheck_forever(), "queue re-check"))}
+        (daemon.sample_forever(), "sampling"), (daemon.recheck_forever(), "queue re-check"),
+        (executor.supervise(), f"{executor.kind} supervision"))}
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -855,6 +699,7 @@ async def serve() -> None:
     done, _ = await asyncio.wait([stopped, lost_bus, *supervision], return_when=asyncio.FIRST_COMPLETED)
     for work in supervision:
         work.cancel()
+    await executor.close()
     bus.disconnect()
     ended = [supervision[work] for work in done if work in supervision]
     if ended:

@@ -3,6 +3,7 @@ the protocol's)."""
 
 from __future__ import annotations
 
+import shlex
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,8 +47,9 @@ def result(task: Task, now: float) -> dict[str, Any]:
         "memory_max_bytes": caps.memory_max_bytes,
         "cpu_quota_pct": caps.cpu_quota_pct,
         "runtime_max_s": caps.runtime_max_s,
-        "unit": unit_name(task.name),
-        "log_cmd": log_command(task.name),
+        # a Slurm job's output is a file (shlex.join quotes it for a shell)
+        "unit": f"slurm job {task.job.job_id}" if task.job else unit_name(task.name),
+        "log_cmd": shlex.join(["cat", task.job.output]) if task.job else log_command(task.name),
     }
     if outcome and outcome.detail:
         report["detail"] = outcome.detail
@@ -64,7 +66,7 @@ def status(task: Task, now: float) -> dict[str, Any]:
         "cpu_cores": round(task.usage.cpu_cores, 3),
         "silent_s": None,  # journald tells, when asked: the daemon fills it in for a running task
         "estimates_from": task.spec.estimates_from or None,
-    }
+    } | ({"output_file": task.job.output} if task.job else {})
 
 
 def risk_event(task: Task, dim: str, actual: float, estimate: float, ratio: float, at: float) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from babysit.protocol import KillReason, NameInUse, State
-from babysit.task import Buffering, Caps, Estimates, Outcome, Spread, Task, TaskSpec, Usage
+from babysit.task import Buffering, Caps, Estimates, Job, Outcome, Spread, Task, TaskSpec, Usage
 from babysit.history import PastRun, past_run
 from babysit.timeline import Timeline
 
@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     spec TEXT NOT NULL,
     caps TEXT NOT NULL,
     outcome TEXT,
-    usage TEXT NOT NULL
+    usage TEXT NOT NULL,
+    job TEXT  -- babysit.task.Job, as JSON
 );
 -- a name is unique among runs that are not over; finished runs of it stay as history
 CREATE UNIQUE INDEX IF NOT EXISTS live_name ON tasks(name) WHERE state IN {LIVE};
@@ -88,6 +89,7 @@ def _task(row: sqlite3.Row) -> Task:
             "history": Spread(**outcome["history"]) if outcome.get("history") else None,
         }) if outcome else None,
         usage=Usage(**{k: v for k, v in json.loads(row["usage"]).items() if k in USAGE_FIELDS}),
+        job=Job(**json.loads(row["job"])) if row["job"] else None,
     )
 
 
@@ -131,6 +133,8 @@ class Store:
             if check != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {check}")
             self.db.executescript(SCHEMA)
+            if "job" not in {column["name"] for column in self.db.execute("PRAGMA table_info(tasks)")}:
+                self.db.execute("ALTER TABLE tasks ADD COLUMN job TEXT")  # a database from before executors
         except sqlite3.DatabaseError:
             self.db.close()
             raise
@@ -182,11 +186,11 @@ class Store:
             (old_state,) = self.db.execute("SELECT state FROM tasks WHERE id = ?", (task.id,)).fetchone()
             self.db.execute(
                 "UPDATE tasks SET state=?, started_at=?, finished_at=?, kill_requested=?, spec=?, caps=?, "
-                "outcome=?, usage=? WHERE id=?",
+                "outcome=?, usage=?, job=? WHERE id=?",
                 (task.state.value, task.started_at, task.finished_at,
                  task.kill_requested.value if task.kill_requested else None, json.dumps(asdict(task.spec)),
                  json.dumps(asdict(task.caps)), json.dumps(asdict(task.outcome)) if task.outcome else None,
-                 json.dumps(asdict(task.usage)), task.id),
+                 json.dumps(asdict(task.usage)), json.dumps(asdict(task.job)) if task.job else None, task.id),
             )
             if old_state != task.state.value:
                 self.db.execute("INSERT INTO transitions (task_id, at, state, detail) VALUES (?, ?, ?, ?)",

@@ -233,6 +233,14 @@ class Spread:
 
 
 @dataclass(frozen=True)
+class Job:
+    """The Slurm job that runs a task (a systemd unit needs no record: its name follows from the task's)."""
+
+    job_id: int
+    output: str  # the file its output goes to
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a run ended."""
 
@@ -258,6 +266,7 @@ class Task:
     kill_requested: KillReason | None = None  # a stop babysit asked for, kept across restarts
     outcome: Outcome | None = None
     usage: Usage = field(default_factory=Usage)
+    job: Job | None = None  # where an executor other than systemd runs it
 
     @property
     def name(self) -> str:

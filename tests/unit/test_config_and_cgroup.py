@@ -31,6 +31,16 @@ def test_config_flags_and_history_bounds() -> None:
         config.parse("notify = 1\n")
 
 
+def test_config_names_the_executor_and_its_slurm_options() -> None:
+    parsed = config.parse('executor = "slurm"\nslurm_partition = "gpu"\nslurm_account = "lab"\n')
+    assert (parsed.executor, parsed.slurm_partition, parsed.slurm_account) == ("slurm", "gpu", "lab")
+    assert config.Config().executor == "systemd"
+    with pytest.raises(InvalidArgument, match="executor must be one of systemd, slurm"):
+        config.parse('executor = "kubernetes"\n')
+    with pytest.raises(InvalidArgument, match="slurm_partition must be a string"):
+        config.parse("slurm_partition = 3\n")
+
+
 def test_layout_v1_and_v2() -> None:
     v1 = Layout.from_mountinfo(V1_MOUNTINFO)
     assert (v1.memory_root, v1.cpu_root, v1.v2) == (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup/cpuacct"),

@@ -1,11 +1,14 @@
+import json
+import sqlite3
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from babysit import protocol, report
 from babysit.protocol import KillReason, NameInUse, State
-from babysit.store import Store
-from babysit.task import GiB, Host, Outcome, Task, Usage, derive_caps, spec_from_wire
+from babysit.store import SCHEMA, Store
+from babysit.task import GiB, Host, Job, Outcome, Task, Usage, derive_caps, spec_from_wire
 from babysit.timeline import Timeline
 
 HOST = Host(mem_bytes=16 * GiB, cores=4)
@@ -58,6 +61,34 @@ def test_records_survive_reopening(tmp_path: Path) -> None:
     (live,) = again.live()
     assert live.spec == s and live.kill_requested == KillReason.USER and live.started_at == 2.0
     assert again.events(live) == [{"event": "runaway_risk", "dim": "mem", "ratio": 1.2, "at": "t3"}]
+
+
+def test_a_slurm_run_keeps_its_job_and_names_its_output_file(tmp_path: Path) -> None:
+    path = tmp_path / "babysit.sqlite3"
+    db = Store(path)
+    s = make_spec()
+    task = db.add(s, derive_caps(s, HOST), at=1.0)
+    db.save(task.with_(job=Job(4711, "/home/u/out dir/job-1.out")), at=2.0)
+    db.close()
+    (live,) = Store(path).live()
+    assert live.job == Job(4711, "/home/u/out dir/job-1.out")
+    shown = report.status(live, now=3.0)
+    assert (shown["unit"], shown["log_cmd"]) == ("slurm job 4711", "cat '/home/u/out dir/job-1.out'")
+    assert shown["output_file"] == "/home/u/out dir/job-1.out"
+    assert "output_file" not in report.status(task, now=3.0) and report.status(task, now=3.0)["unit"] == "babysit-job.service"
+
+
+def test_a_database_from_before_executors_gains_the_job_column(tmp_path: Path) -> None:
+    path = tmp_path / "babysit.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA.replace(",\n    job TEXT  -- babysit.task.Job, as JSON", ""))
+    old.execute("INSERT INTO tasks (name, state, submitted_at, spec, caps, usage) VALUES (?, 'queued', 1, ?, ?, ?)",
+                ("job", json.dumps(asdict(make_spec())), json.dumps(asdict(derive_caps(make_spec(), HOST))),
+                 json.dumps(asdict(Usage()))))
+    old.commit()
+    old.close()
+    (live,) = Store(path).live()
+    assert live.job is None and live.name == "job"
 
 
 @pytest.mark.parametrize("reason, flag", [
