@@ -149,6 +149,7 @@ class Daemon:
         if self.executor.caps_missing:
             raise CapsUnavailable("; ".join(self.executor.caps_missing))
         async with self._admission:
+            await self.executor.refresh()
             earlier = self.store.by_request(spec.request_id) if spec.request_id else None
             if earlier:
                 log.info("Run of %s retried by its client: request %s was already taken", spec.name, spec.request_id)
@@ -231,7 +232,8 @@ class Daemon:
                 ahead = position.get(task.name, 0)
                 requested = requested_room(self.host, task.spec.estimates.mem_bytes, task.spec.estimates.cpu_cores)
                 now_known = {"queue_position": ahead + 1,
-                             "waiting_for": shortfall(requested, available, ahead) or "its turn",
+                             "waiting_for": self.executor.waiting_for(task) or shortfall(requested, available, ahead)
+                             or "its turn",
                              "available": room_now}
             described.append((task, now_known))
         return described
@@ -294,7 +296,8 @@ class Daemon:
     def room_now(self) -> tuple[Host, int, list[Reservation]]:
         """What admission weighs a task against: the room, the free memory, and what running tasks hold."""
         capacity = self.executor.capacity()
-        return capacity.host, capacity.free_mem_bytes, self.reservations() if capacity.counts_running else []
+        return (capacity.host, capacity.free_mem_bytes,
+                [*capacity.held, *(self.reservations() if capacity.counts_running else [])])
 
     def reservations(self) -> list[Reservation]:
         return [Reservation(t.name, t.spec.estimates.mem_bytes, t.spec.estimates.cpu_cores, t.usage.mem_bytes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from babysit.capacity import Reservation
 from babysit.task import Caps, Host, Outcome, Task, TaskSpec, Usage
 
 
@@ -28,10 +29,10 @@ class Capacity:
 
     host: Host  # the room babysit may hand out
     free_mem_bytes: int
-    # whether babysit's own running tasks still hold room beyond what `free_mem_bytes` shows (on one host,
-    # a task below its estimate may still grow into it; a cluster's free figures already count each job's
-    # whole allocation)
+    # whether babysit's own running tasks hold room as their estimates say (on one host, a task below its
+    # estimate may still grow into it); a cluster says itself what its jobs were given: `held`
     counts_running: bool = True
+    held: tuple[Reservation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,17 @@ class Supervisor(Protocol):
         """A run is over; `usage` holds its final figures."""
 
 
+class Reporting:
+    """What every executor keeps of its scheduler, once open() has given it."""
+
+    supervisor: Supervisor | None = None
+
+    @property
+    def scheduler(self) -> Supervisor:
+        assert self.supervisor is not None, "open() comes first"
+        return self.supervisor
+
+
 class Executor(Protocol):
     """Starts, watches and stops the processes of runs."""
 
@@ -78,7 +90,10 @@ class Executor(Protocol):
         """Start listening for changes, before any snapshot is taken."""
 
     def capacity(self) -> Capacity:
-        """The room there is now (cheap: called for every decision)."""
+        """The room there is now (cheap: called for every decision and every status)."""
+
+    async def refresh(self) -> None:
+        """Bring capacity() up to date before a decision that must be fresh (a new task's admission)."""
 
     async def start(self, task: Task) -> Task:
         """Start a run; the task as it is then (RUNNING, or still QUEUED in the executor's own queue).
@@ -94,6 +109,9 @@ class Executor(Protocol):
 
     def read(self, task: Task) -> Reading | None:
         """The run's usage now; None when there is nothing to read yet."""
+
+    def waiting_for(self, task: Task) -> str | None:
+        """What a task in the executor's own queue waits for, in its words (None: babysit's queue says)."""
 
     def last_output_at(self, task: Task) -> float | None:
         """When the run last wrote a line (epoch seconds), if it has."""

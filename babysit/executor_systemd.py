@@ -22,7 +22,7 @@ from dbus_fast.errors import DBusError
 from babysit import accounting, journal
 from babysit.cgroup import CgroupFiles, Layout, OomNotifier, missing_controllers, oom_notifier, read_sample
 from babysit.config import Config
-from babysit.executor import Capacity, Orphan, Reading, StartRefused, Supervisor
+from babysit.executor import Capacity, Orphan, Reading, Reporting, StartRefused, Supervisor
 from babysit.host import free_mem_bytes, read_host
 from babysit.outcome import UnitEnd, classify, final_usage, has_ended, oom_evidence, tells_the_exit
 from babysit.protocol import SLICE, UNIT_PREFIX, BabysitError, KillReason, State, log_command, unit_name
@@ -47,7 +47,7 @@ class UnitWatch:
     files: CgroupFiles = field(default_factory=CgroupFiles)  # the figures the sampler reads
 
 
-class SystemdExecutor:
+class SystemdExecutor(Reporting):
     kind = "systemd"
     queues = False
     pressure_applies = True
@@ -61,7 +61,6 @@ class SystemdExecutor:
         self.manager_cgroup = manager_cgroup
         self.caps_missing = caps_missing
         self.advice: list[str] = []
-        self.supervisor: Supervisor | None = None
         self.units: dict[str, UnitWatch] = {}  # unit object path -> watch
         self._finishing: set[int] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -93,11 +92,6 @@ class SystemdExecutor:
             executor.advice.insert(0, rate_limited)
         return executor
 
-    @property
-    def the(self) -> Supervisor:
-        assert self.supervisor is not None, "open() comes first"
-        return self.supervisor
-
     # --- the scheduler's requests -------------------------------------------------------------------
 
     async def open(self, supervisor: Supervisor) -> None:
@@ -107,6 +101,9 @@ class SystemdExecutor:
 
     def capacity(self) -> Capacity:
         return Capacity(self.host, free_mem_bytes())
+
+    async def refresh(self) -> None:
+        """capacity() reads the kernel's figures each time: always fresh."""
 
     async def start(self, task: Task) -> Task:
         """Start a queued task as its transient unit."""
@@ -142,6 +139,9 @@ class SystemdExecutor:
             return None
         watch.oom_kills, watch.failcnt = sample.oom_kills, sample.mem_failcnt or 0
         return Reading(sample.mem_bytes, sample.peak_mem_bytes, sample.cpu_ns / 1e9)
+
+    def waiting_for(self, task: Task) -> str | None:
+        return None  # queued tasks wait in babysit's own queue
 
     def last_output_at(self, task: Task) -> float | None:
         return self.output.at(task.name)
@@ -231,7 +231,7 @@ class SystemdExecutor:
             outcome = (Outcome(State.KILLED, kill_reason=task.kill_requested) if task.kill_requested else
                        Outcome(State.UNKNOWN, detail="its unit was gone when babysitd restarted, so how it ended "
                                                      f"is not known; see {log_command(task.name)}"))
-            await self.the.ended(task.id, outcome, task.usage)
+            await self.scheduler.ended(task.id, outcome, task.usage)
             return
         props = await self.unit_properties(unit)
         watch = self.units.setdefault(unit_path(unit), UnitWatch(task.id))
@@ -261,7 +261,7 @@ class SystemdExecutor:
         watch.props.update(change.changed)
         if change.changed.get("ActiveState") in ACTIVE_STATES:
             watch.seen_active = True
-        task = self.the.task(watch.task_id)
+        task = self.scheduler.task(watch.task_id)
         if task and watch.oom is None and change.changed.get("ActiveState") == "active":
             self.arm_oom_notifier(task, watch)
         if task and has_ended(watch.props, watch.seen_active) and task.id not in self._finishing:
@@ -280,7 +280,7 @@ class SystemdExecutor:
         assert watch.oom is not None
         watch.oom.on_readable()
         if watch.oom.fired:
-            self.the.sample_now(task_id)
+            self.scheduler.sample_now(task_id)
 
     def finished(self, finishing: asyncio.Task[None], task: Task) -> None:
         self._background.discard(finishing)
@@ -302,7 +302,7 @@ class SystemdExecutor:
                 asyncio.get_running_loop().remove_reader(watch.oom.fd)
                 watch.oom.on_readable()  # a wake not yet delivered
                 watch.oom.close()
-            await self.conclude(self.the.task(task.id) or task, watch, props, final)
+            await self.conclude(self.scheduler.task(task.id) or task, watch, props, final)
         finally:
             self._finishing.discard(task.id)
 
@@ -318,7 +318,7 @@ class SystemdExecutor:
         usage = final_usage(task.usage, final, outcome.kill_reason == KillReason.OOM, task.caps.memory_max_bytes)
         if props:
             self._ended_states[task.id] = props.get("ActiveState", "")
-        await self.the.ended(task.id, outcome, usage)
+        await self.scheduler.ended(task.id, outcome, usage)
 
     # --- units ------------------------------------------------------------------------------------------
 

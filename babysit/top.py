@@ -124,13 +124,22 @@ def keys() -> Iterator[int]:
 
 
 def silences(tasks: list[dict[str, Any]], journal: LastOutput, now: float) -> dict[str, float]:
-    """Seconds since each running task's last line (or its start), as journald has them now."""
+    """Seconds since each running task's last line (or its start), as journald (or a Slurm job's output
+    file) has them now."""
     found = {}
     for task in tasks:
         if task["status"] == "running" and task.get("started_at"):
             started = datetime.fromisoformat(task["started_at"]).timestamp()
-            found[task["name"]] = now - max(started, journal.at(task["name"]) or started)
+            found[task["name"]] = now - max(started, last_line_at(task, journal) or started)
     return found
+
+
+def last_line_at(task: dict[str, Any], journal: LastOutput) -> float | None:
+    if not task.get("output_file"):
+        return journal.at(task["name"])
+    with contextlib.suppress(OSError):
+        return os.stat(task["output_file"]).st_mtime
+    return None
 
 
 async def top(client: Client) -> None:

@@ -190,6 +190,35 @@ def task_name() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 
 
+def daemon_log_since(at: float) -> str:
+    """babysitd's journal from a second before `at` on (journalctl's resolution here is a second)."""
+    return subprocess.run(["journalctl", "--user", "-u", "babysitd", f"--since=@{int(at) - 1}", "-o", "cat",
+                           "--no-pager"], capture_output=True, text=True).stdout
+
+
+# a Slurm job runs where slurmd runs, outside the session's private mounts (the test user's home is one):
+# its output goes where both see it, as a cluster's shared filesystem would
+SLURM_OUTPUT = Path("/tmp/babysit-slurm-output")
+
+
+@contextlib.contextmanager
+def on_slurm(config: str = "") -> Iterator[None]:
+    """babysitd restarted with the Slurm executor, on the cluster the Slurm tier started (SLURM_CONF)."""
+    conf = os.environ["SLURM_CONF"]  # the Slurm tier sets it (see tests/conftest.py)
+    # as a user would, in environment.d: the daemon's sbatch finds the cluster
+    subprocess.run(["systemctl", "--user", "set-environment", f"SLURM_CONF={conf}"], check=True)
+    SLURM_OUTPUT.mkdir(mode=0o755, exist_ok=True)
+    since = time.time()
+    try:
+        with daemon_config(f'{config}executor = "slurm"\nslurm_output_dir = "{SLURM_OUTPUT}"\n'):
+            yield
+    finally:
+        subprocess.run(["systemctl", "--user", "unset-environment", "SLURM_CONF"], check=True)
+    # an error while following jobs is a bug, even where every test passed
+    errors = [line for line in daemon_log_since(since).splitlines() if line.startswith(("ERROR", "CRITICAL"))]
+    assert not errors, "\n".join(errors)
+
+
 @dataclass(frozen=True)
 class Gate:
     """A file a task waits for, so the test, not a sleep's length, decides when the task ends."""

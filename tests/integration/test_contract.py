@@ -11,38 +11,24 @@ import os
 import shlex
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from babysit.protocol import log_command, unit_name
-from tests.integration.conftest import Gate, babysit, daemon_config, restart_daemon, status
+from tests.integration.conftest import Gate, babysit, daemon_config, on_slurm, restart_daemon, status
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 TOLERANCE_S = 2.0
 PY = "/usr/bin/python3 -u -c"
 WATCHDOGS = f"tick_s = 0.25\ntolerance_s = {TOLERANCE_S}\ncpu_window_s = 1\n"
-# a job runs where slurmd runs, outside the session's private mounts: its output goes where both see it
-SLURM_OUTPUT = Path("/tmp/babysit-slurm-output")
 
 
 @pytest.fixture(scope="module", params=["systemd", pytest.param("slurm", marks=pytest.mark.slurm)])
 def executor(request: pytest.FixtureRequest, daemon: str) -> Iterator[str]:
     """babysitd with quick watchdogs, on the executor the test is run for."""
-    if request.param == "systemd":
-        with daemon_config(WATCHDOGS):
-            yield "systemd"
-        return
-    conf = os.environ["SLURM_CONF"]  # the Slurm tier sets it (see tests/conftest.py)
-    # as a user would, in environment.d: the daemon's sbatch finds the cluster
-    subprocess.run(["systemctl", "--user", "set-environment", f"SLURM_CONF={conf}"], check=True)
-    SLURM_OUTPUT.mkdir(mode=0o755, exist_ok=True)
-    try:
-        with daemon_config(f'{WATCHDOGS}executor = "slurm"\nslurm_output_dir = "{SLURM_OUTPUT}"\n'):
-            yield "slurm"
-    finally:
-        subprocess.run(["systemctl", "--user", "unset-environment", "SLURM_CONF"], check=True)
+    with daemon_config(WATCHDOGS) if request.param == "systemd" else on_slurm(WATCHDOGS):
+        yield request.param
 
 
 def wait_result(name: str, timeout: float = 120) -> tuple[int, dict, str]:

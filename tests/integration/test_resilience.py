@@ -14,7 +14,7 @@ import pytest
 from babysit import failpoints
 from babysit.protocol import unit_name
 from babysit.store import default_path
-from tests.integration.conftest import babysit, daemon_config, daemon_pid, restart_daemon, status
+from tests.integration.conftest import babysit, daemon_config, daemon_log_since, daemon_pid, restart_daemon, status
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon")]
@@ -31,12 +31,6 @@ def wait(name: str) -> dict:
     done = babysit("wait", f"--name={name}", timeout=60)
     assert done.stdout, done.stderr
     return json.loads(done.stdout)
-
-
-def daemon_log_since(at: float) -> str:
-    """babysitd's journal from a second before `at` on (journalctl's resolution here is a second)."""
-    return subprocess.run(["journalctl", "--user", "-u", "babysitd", f"--since=@{int(at) - 1}", "-o", "cat",
-                           "--no-pager"], capture_output=True, text=True).stdout
 
 
 @pytest.fixture

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
+from pathlib import Path
 
+import pytest
 from rich.console import Console
 
-from babysit.top import board
+from babysit.journal import LastOutput
+from babysit.top import board, silences
 
 GiB = 1 << 30
 NOW = 1_000_000.0
@@ -51,3 +55,16 @@ def test_bars_show_the_estimate_within_the_cap() -> None:
     assert str(bar(1.0, 2.0, 6.0, 12)) == "██░░┃░░░░░░░"  # a third of the estimate, the estimate a third of the cap
     assert str(bar(4.0, 2.0, 6.0, 12)) == "████████░░░░"  # twice the estimate: the marker is under the bar
     assert bar(4.0, 2.0, 6.0, 12).style == "red" and bar(1.0, 2.0, 6.0, 12).style == "green"
+
+
+def test_a_slurm_jobs_silence_is_its_output_files_age(tmp_path: Path) -> None:
+    output = tmp_path / "train-4-7.out"
+    output.write_text("epoch 1\n")
+    os.utime(output, (NOW - 40, NOW - 40))
+    started = datetime.fromtimestamp(NOW - 100, UTC).isoformat()
+    task = {"name": "train-4", "status": "running", "started_at": started, "output_file": str(output)}
+    journal = LastOutput()  # not asked: a Slurm job writes to its file
+    assert silences([task], journal, NOW) == {"train-4": pytest.approx(40)}
+    output.unlink()  # a job whose output is gone: silent since its start
+    assert silences([task], journal, NOW) == {"train-4": pytest.approx(100)}
+    journal.close()

@@ -1,0 +1,395 @@
+"""Slurm's commands, thinly wrapped: submit a task as a batch job, read jobs' states and usage, cancel them.
+
+The `parse_*` functions are pure and read the commands' output as Slurm 22.05 prints it (recorded in
+tests/unit/test_slurm.py); `Slurm` runs the commands. Times are asked for as epoch seconds
+(SLURM_TIME_FORMAT=%s), so no time zone is involved. Live state comes from squeue, which keeps ended
+jobs for the controller's MinJobAge (300 s by default); sacct (by job id, never by name) only covers
+the ids squeue has forgotten, because accounting lags the controller by a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import shlex
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+MiB = 1 << 20
+
+# Fields are separated by ASCII's unit separator: names and comments may hold `|` or spaces, not this.
+SEP = "\x1f"
+# `Field:X` prints a field unpadded and untruncated, followed by X (`Field` alone pads it to 20).
+SQUEUE_FORMAT = ",".join(f"{f}:{SEP}" for f in ("JobID", "State", "Reason", "StartTime", "EndTime", "exit_code",
+                                                  "Comment")) + ",Name:"
+# sacct keeps comments only with AccountingStoreFlags=job_comment: often empty.
+SACCT_FIELDS = "JobIDRaw,State,ExitCode,Reason,Start,End,Comment,JobName"
+# MaxRSS is the peak; TresUsageInTot's mem= is the current RSS (it drops when a job frees memory) and
+# its cpu= the CPU time, both summed over the step's tasks. --noconvert prints bytes.
+SSTAT_FIELDS = "MaxRSS,TresUsageInTot"
+SINFO_FORMAT = "NodeHost:|,StateLong:|,CPUsState:|,Memory:|,AllocMem:|,Partition:"
+
+# A job in one of these will not run again (jobs are submitted with --no-requeue).
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED", "NODE_FAIL",
+                          "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED"})
+# Its processes are gone or going: the exit status and the end time are real (before, they are forecasts).
+_ENDED = FINAL_STATES | {"COMPLETING"}
+# Node states (sinfo's long form) in which a node runs new jobs; a suffix such as `*` (not responding),
+# `~` (powered off) or `#` (powering up) means it cannot now.
+_USABLE_NODE_STATES = frozenset({"idle", "mixed", "allocated", "completing", "planned"})
+# Errors that mean "no such job (any more)", not a failure of the command.
+_GONE = ("Invalid job id specified", "already completing or completed")
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+
+
+class SlurmError(Exception):
+    """A Slurm command failed (`stderr` is what it said), or the cluster cannot serve."""
+
+    def __init__(self, message: str, *, argv: Sequence[str] = (), returncode: int | None = None,
+                 stderr: str = "") -> None:
+        super().__init__(message)
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+
+    @classmethod
+    def of(cls, argv: Sequence[str], returncode: int | None, stderr: str) -> SlurmError:
+        """The failure of a command: what it was, its status (None: it never ran or did not end), what it said."""
+        return cls(f"{shlex.join(argv)} failed ({returncode}): {stderr.strip()}", argv=argv, returncode=returncode,
+                   stderr=stderr)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as Slurm reports it; exit status and end time only once it has ended."""
+
+    job_id: int
+    state: str  # Slurm's base state: PENDING RUNNING COMPLETING COMPLETED FAILED OUT_OF_MEMORY TIMEOUT CANCELLED ...
+    exit_code: int | None  # the batch script's exit code when it exited
+    # the signal that ended it; Slurm's own codes too: 125 for OUT_OF_MEMORY (SIG_OOM 253 & 0x7f), 53 when
+    # slurmstepd could not start it (JobLaunchFailure: e.g. its --output file was not writable)
+    signal: int | None
+    reason: str  # Slurm's reason (NonZeroExitCode, OutOfMemory, TimeLimit, Resources...); "" for None
+    start_time: float | None  # epoch seconds; None while pending (Slurm shows a forecast then)
+    end_time: float | None  # epoch seconds; None until it ends (Slurm shows the time limit's end then)
+    name: str
+    comment: str = ""  # sbatch --comment; sacct has it only with AccountingStoreFlags=job_comment
+
+    @property
+    def ended(self) -> bool:
+        """True when the job will not run again."""
+        return self.state in FINAL_STATES
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node that can run jobs now, with its size and what Slurm has not allocated of it."""
+
+    name: str
+    state: str  # sinfo's long form: idle, mixed, allocated, completing, planned
+    cpus: int
+    idle_cpus: int
+    mem_bytes: int  # RealMemory
+    free_mem_bytes: int  # RealMemory - AllocMem
+
+
+@dataclass(frozen=True)
+class JobUsage:
+    """A running job's batch step, measured by Slurm's accounting gatherer (fresh at each sstat call)."""
+
+    mem_bytes: int  # current RSS (TresUsageInTot mem=), else the peak when that is all sstat gives
+    peak_mem_bytes: int | None  # MaxRSS: the high-water mark of the step
+    cpu_seconds: float | None  # TresUsageInTot cpu=: CPU time so far, in whole seconds
+
+
+# --- pure parsing -------------------------------------------------------------------------------
+
+
+def parse_epoch(text: str) -> float | None:
+    """A time printed with SLURM_TIME_FORMAT=%s; None for Unknown, N/A, None, NONE or 0."""
+    text = text.strip()
+    return float(text) if text.isdigit() and int(text) > 0 else None
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes in sstat's sizes: `2628599808` (--noconvert), `211868K`, `1.5G`; None when empty."""
+    match = re.fullmatch(r"([0-9.]+)([KMGTP]?)", text.strip())
+    if not match:
+        return None
+    return int(float(match[1]) * _UNITS[match[2]])
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in Slurm's durations: `[D-]HH:MM:SS`, `MM:SS.mmm`, `SS`; None when empty or unlimited."""
+    text = text.strip()
+    days, _, clock = text.rpartition("-")
+    try:
+        parts = [float(p) for p in clock.split(":")]
+        seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+        return seconds + (int(days) * 86400 if days else 0)
+    except ValueError:
+        return None
+
+
+def _exit_status(state: str, exit_code: int | None, signal: int | None) -> tuple[int | None, int | None]:
+    """Exit code and signal, only for a job that has ended (before, Slurm prints zeros)."""
+    if state not in _ENDED:
+        return None, None
+    if signal:
+        return None, signal
+    return exit_code, None
+
+
+def _job(job_id: str, state: str, reason: str, start: str, end: str, status: tuple[int | None, int | None],
+         comment: str, name: str) -> Job:
+    base = state.split()[0] if state.strip() else "UNKNOWN"  # sacct says "CANCELLED by 1500"
+    exit_code, signal = _exit_status(base, *status)
+    return Job(
+        job_id=int(job_id),
+        state=base,
+        exit_code=exit_code,
+        signal=signal,
+        reason="" if reason in ("None", "(null)") else reason,
+        start_time=None if base == "PENDING" else parse_epoch(start),
+        end_time=parse_epoch(end) if base in _ENDED else None,
+        name=name,
+        comment="" if comment == "(null)" else comment,
+    )
+
+
+def parse_squeue(output: str) -> dict[int, Job]:
+    """Jobs in `squeue -h -O SQUEUE_FORMAT` output (its exit_code is a wait status: code << 8 | signal)."""
+    jobs: dict[int, Job] = {}
+    for line in output.split("\n"):
+        fields = line.split(SEP)
+        if len(fields) != 8 or not fields[0].isdigit():
+            continue  # an array or heterogeneous job's `12_3`, `12+1`: not babysit's
+        job_id, state, reason, start, end, status, comment, name = fields
+        raw = int(status) if status.isdigit() else 0
+        job = _job(job_id, state, reason, start, end, (raw >> 8, raw & 0x7F), comment, name)
+        jobs[job.job_id] = job
+    return jobs
+
+
+def parse_sacct(output: str) -> dict[int, Job]:
+    """Jobs in `sacct -X -n -P --delimiter=SEP -o SACCT_FIELDS` output (ExitCode `code:signal`; quotes in names
+    become `)."""
+    jobs: dict[int, Job] = {}
+    for line in output.split("\n"):
+        fields = line.split(SEP)
+        if len(fields) != 8 or not fields[0].isdigit():
+            continue
+        job_id, state, status, reason, start, end, comment, name = fields
+        code, _, signal = status.partition(":")
+        numbers = (int(code) if code.isdigit() else None, int(signal) if signal.isdigit() else None)
+        job = _job(job_id, state, reason, start, end, numbers, comment, name)
+        jobs[job.job_id] = job  # a requeued job's last record wins
+    return jobs
+
+
+def parse_sstat(output: str) -> JobUsage | None:
+    """The usage in `sstat -n -P --noconvert --format=SSTAT_FIELDS` output; None when it printed none."""
+    for line in output.splitlines():
+        max_rss, _, tres = line.partition("|")
+        if not tres and not max_rss.strip():
+            continue
+        usage = dict(item.split("=", 1) for item in tres.strip().split(",") if "=" in item)
+        peak = parse_size(max_rss)
+        current = parse_size(usage.get("mem", ""))
+        mem = current if current is not None else peak
+        if mem is None:
+            continue
+        return JobUsage(mem_bytes=mem, peak_mem_bytes=peak, cpu_seconds=parse_duration(usage.get("cpu", "")))
+    return None
+
+
+def parse_sinfo(output: str, partition: str | None) -> list[Node]:
+    """The nodes in `sinfo -N -h -O SINFO_FORMAT` output that belong to `partition` (None: the default one, marked
+    `*`) and can run jobs now, each once."""
+    nodes: dict[str, Node] = {}
+    for line in output.splitlines():
+        fields = [f.strip() for f in line.split("|")]
+        if len(fields) < 6:
+            continue
+        name, state, cpus, memory, allocated, part = fields[:6]
+        in_partition = part.endswith("*") if partition is None else part.rstrip("*") == partition
+        counts = cpus.split("/")  # allocated/idle/other/total
+        memory = memory.rstrip("+")  # `+` when nodes of a line differ, which -N avoids
+        if (not in_partition or name in nodes or state not in _USABLE_NODE_STATES or len(counts) != 4
+                or not all(c.isdigit() for c in (*counts, memory, allocated))):
+            continue
+        nodes[name] = Node(name=name, state=state, cpus=int(counts[3]), idle_cpus=int(counts[1]),
+                           mem_bytes=int(memory) * MiB, free_mem_bytes=max(0, int(memory) - int(allocated)) * MiB)
+    return list(nodes.values())
+
+
+def parse_job_id(output: str) -> int:
+    """The id in `sbatch --parsable` output (`12`, or `12;cluster` on a federation); ValueError without one."""
+    lines = output.strip().splitlines()
+    if not lines or not lines[-1].split(";")[0].isdigit():
+        raise ValueError(f"no job id in sbatch's output {output!r}")
+    return int(lines[-1].split(";")[0])
+
+
+def bash_literal(text: str) -> str:
+    """`text` as one bash word: single-quoted, or $'...' when it holds control characters (sbatch refuses \\r)."""
+    if not any(ord(c) < 32 and c not in "\n\t" or ord(c) == 127 for c in text):
+        return shlex.quote(text)
+    escaped = []
+    for c in text:
+        if c in "\\'":
+            escaped.append("\\" + c)
+        elif ord(c) < 32 or ord(c) == 127:
+            escaped.append(f"\\x{ord(c):02x}")
+        else:
+            escaped.append(c)
+    return "$'" + "".join(escaped) + "'"
+
+
+def batch_script(command: str) -> str:
+    """A batch script that runs `command` with `bash -c`, exec'd so Slurm's signals reach it directly."""
+    # Everything after the first command line is the quoted word, which sbatch does not scan for #SBATCH.
+    return f"#!/bin/bash\nexec /bin/bash -c {bash_literal(command)}\n"
+
+
+def sbatch_args(*, name: str, cwd: str, mem_bytes: int, cpus: int, time_limit_s: float | None, output: str,
+                partition: str | None, account: str | None, comment: str | None = None) -> list[str]:
+    """sbatch's options for one task; the script comes on stdin."""
+    for text in (name, comment or ""):
+        if any(c in text for c in ("\n", "\r", SEP)):
+            raise ValueError(f"a job's name and comment are one line each: {text!r}")
+    args = [
+        "--parsable", f"--job-name={name}", f"--chdir={cwd}", f"--output={output}",  # stderr joins stdout
+        "--nodes=1", "--ntasks=1", f"--cpus-per-task={max(1, cpus)}",
+        f"--mem={max(1, math.ceil(mem_bytes / MiB))}M",
+        # A job re-run after a node failure would run the command a second time unasked.
+        "--no-requeue",
+    ]
+    if time_limit_s is not None and math.isfinite(time_limit_s):
+        args.append(f"--time={max(1, math.ceil(time_limit_s / 60))}")  # whole minutes
+    if partition:
+        args.append(f"--partition={partition}")
+    if account:
+        args.append(f"--account={account}")
+    if comment:
+        args.append(f"--comment={comment}")
+    return args
+
+
+def job_environment(task_env: Mapping[str, str], slurm_env: Mapping[str, str]) -> dict[str, str]:
+    """sbatch's environment, which it copies into the job: the task's, plus how to reach the cluster."""
+    # SBATCH_* and SLURM_* would change how sbatch submits (or pose as another job's): not the task's to set.
+    env = {k: v for k, v in task_env.items() if not k.startswith(("SBATCH_", "SLURM_"))}
+    for key in ("SLURM_CONF",):
+        if key in slurm_env:
+            env[key] = slurm_env[key]
+    if "PATH" not in env and "PATH" in slurm_env:
+        env["PATH"] = slurm_env["PATH"]
+    return env
+
+
+# --- running the commands -----------------------------------------------------------------------
+
+
+class Slurm:
+    """Slurm's client commands, run with `env` (default: this process's; SLURM_CONF names the cluster)."""
+
+    def __init__(self, env: Mapping[str, str] | None = None, timeout: float = 60) -> None:
+        self.env = dict(os.environ if env is None else env)
+        self.timeout = timeout  # a command retries an unreachable controller for a long time
+
+    async def _run(self, argv: list[str], *, env: Mapping[str, str] | None = None, stdin: str | None = None,
+                   ok_errors: tuple[str, ...] = ()) -> str:
+        """A command's stdout; SlurmError when it fails, unless its stderr holds one of `ok_errors`."""
+        # Found on our PATH: a task's environment need not name Slurm's directory.
+        binary = shutil.which(argv[0], path=self.env.get("PATH", os.defpath)) or argv[0]
+        run_env = {**self.env, "SLURM_TIME_FORMAT": "%s"} if env is None else dict(env)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                binary, *argv[1:], env=run_env, stdin=asyncio.subprocess.PIPE if stdin is not None else
+                asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        except OSError as e:
+            raise SlurmError.of(argv, None, str(e)) from e
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin is not None else None),
+                                              self.timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise SlurmError.of(argv, None, f"no answer within {self.timeout:.0f}s") from None
+        stderr = err.decode(errors="replace")
+        if proc.returncode != 0 and not any(e in stderr for e in ok_errors):
+            raise SlurmError.of(argv, proc.returncode, stderr)
+        return out.decode(errors="replace")
+
+    async def submit(self, *, name: str, command: str, cwd: str, env: Mapping[str, str], mem_bytes: int,
+                     cpus: int, time_limit_s: float | None, output: str, partition: str | None = None,
+                     account: str | None = None, comment: str | None = None) -> int:
+        """Submit `command` (run by `bash -c` in `cwd`, stdout and stderr to `output`) as a batch job; its id."""
+        args = sbatch_args(name=name, cwd=cwd, mem_bytes=mem_bytes, cpus=cpus, time_limit_s=time_limit_s,
+                           output=output, partition=partition, account=account, comment=comment)
+        argv = ["sbatch", *args]
+        out = await self._run(argv, env=job_environment(env, self.env), stdin=batch_script(command))
+        try:
+            return parse_job_id(out)
+        except ValueError as e:
+            raise SlurmError.of(argv, 0, str(e)) from None
+
+    async def jobs(self, ids: Iterable[int]) -> dict[int, Job]:
+        """The jobs among `ids` that the controller or the accounting knows; unknown ids are absent."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        listed = ",".join(map(str, wanted))
+        # squeue fails when it knows none of the ids; it lists the known ones of a mixed list.
+        out = await self._run(["squeue", "-h", "-t", "all", "-j", listed, "-O", SQUEUE_FORMAT],
+                              ok_errors=("Invalid job id specified",))
+        found = {i: j for i, j in parse_squeue(out).items() if i in wanted}
+        forgotten = [i for i in wanted if i not in found]
+        if forgotten:
+            # Without slurmdbd there is no record to ask: those jobs are unknown everywhere.
+            out = await self._run(["sacct", "-X", "-n", "-P", f"--delimiter={SEP}", "-j",
+                                   ",".join(map(str, forgotten)), "-o", SACCT_FIELDS],
+                                  ok_errors=("accounting storage is disabled",))
+            found.update({i: j for i, j in parse_sacct(out).items() if i in forgotten})
+        return found
+
+    async def usage(self, job_id: int) -> JobUsage | None:
+        """The batch step's current usage; None before it starts and after it ends."""
+        # sstat says "not found running" on stderr and exits 0 then.
+        out = await self._run(["sstat", "-j", f"{job_id}.batch", "-n", "-P", "--noconvert",
+                               f"--format={SSTAT_FIELDS}"])
+        return parse_sstat(out)
+
+    async def cancel(self, job_id: int, signal: str = "TERM") -> None:
+        """Send `signal` to every process of the job (KILL: cancel it); a job already gone is no error."""
+        if signal.upper().removeprefix("SIG") == "KILL":
+            # Ends the job as CANCELLED: SIGTERM to every step, SIGKILL after the cluster's KillWait.
+            argv = ["scancel", str(job_id)]
+        else:
+            # Without --full a signal other than KILL skips the batch step, i.e. the task's own processes.
+            argv = ["scancel", "--full", f"--signal={signal}", str(job_id)]
+        await self._run(argv, ok_errors=_GONE)
+
+    async def by_name(self, name: str) -> list[Job]:
+        """This user's live (not yet ended) jobs named exactly `name`, oldest first."""
+        return [j for j in await self.by_name_prefix(name) if j.name == name]
+
+    async def by_name_prefix(self, prefix: str) -> list[Job]:
+        """This user's live (not yet ended) jobs whose name starts with `prefix`, oldest first."""
+        # Filtered here: squeue's --name takes a comma-separated list of exact names.
+        out = await self._run(["squeue", "-h", "--me", "-O", SQUEUE_FORMAT])
+        found = [j for j in parse_squeue(out).values() if j.name.startswith(prefix) and not j.ended]
+        return sorted(found, key=lambda j: j.job_id)
+
+    async def nodes(self, partition: str | None = None) -> list[Node]:
+        """The nodes of `partition` (None: the default one) that can run jobs now."""
+        return parse_sinfo(await self._run(["sinfo", "-N", "-h", "-O", SINFO_FORMAT]), partition)
+
+    async def free(self, partition: str | None = None) -> tuple[int, float]:
+        """Unallocated memory (bytes) and idle CPUs, summed over the usable nodes of `partition`."""
+        nodes = await self.nodes(partition)
+        return sum(n.free_mem_bytes for n in nodes), float(sum(n.idle_cpus for n in nodes))

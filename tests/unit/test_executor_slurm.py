@@ -1,0 +1,58 @@
+"""The Slurm executor's pure parts: how each recorded ending of a job reads in babysit's terms, and the
+caps as Slurm enforces them."""
+
+from __future__ import annotations
+
+import pytest
+
+from babysit import slurm
+from babysit.executor_slurm import job_caps, job_name, job_outcome, ran, run_comment
+from babysit.protocol import KillReason, State
+from babysit.task import Caps
+from tests.unit.test_slurm import SQUEUE_ALL
+
+ENDED = slurm.parse_squeue(SQUEUE_ALL)  # recorded from a real cluster, one job per ending
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize("job_id, state, exit_code, signal, kill_reason, detail", [
+    (5, State.COMPLETED, 0, None, None, ""),
+    (6, State.FAILED, 7, None, None, ""),  # exit 7
+    (7, State.KILLED, None, None, KillReason.OOM, "at its --mem"),  # Slurm's 0:125 is no signal
+    (2, State.KILLED, 3, None, KillReason.TIMEOUT, "at its --time"),  # TERM trapped, exit 3
+    (3, State.KILLED, None, 15, KillReason.TIMEOUT, "at its --time"),
+    (11, State.FAILED, None, 15, None, "cancelled outside babysit"),  # someone's scancel
+    (4, State.FAILED, None, None, None, "cancelled outside babysit"),  # cancelled while pending
+    (8, State.FAILED, None, None, None, "filesystem the node shares"),  # --output not writable: 0:53
+    (10, State.FAILED, None, 15, None, "killed by SIGTERM"),  # a TERM babysit did not send
+])
+def test_each_ending_of_a_job(job_id: int, state: State, exit_code: int | None, signal: int | None,
+                              kill_reason: KillReason | None, detail: str) -> None:
+    outcome = job_outcome(ENDED[job_id], None)
+    assert (outcome.state, outcome.exit_code, outcome.signal, outcome.kill_reason) == (state, exit_code, signal,
+                                                                                       kill_reason)
+    assert detail in outcome.detail
+
+
+def test_a_stop_babysit_asked_for_wins_over_how_slurm_saw_it() -> None:
+    # babysit's stop is `scancel --full --signal=TERM`: Slurm calls the job FAILED (JobLaunchFailure, 0:15)
+    outcome = job_outcome(ENDED[10], KillReason.OBSERVABILITY_STALL)
+    assert (outcome.state, outcome.kill_reason, outcome.signal) == (State.KILLED, KillReason.OBSERVABILITY_STALL, 15)
+
+
+def test_caps_are_what_slurm_enforces() -> None:
+    caps = Caps(mem_limit_bytes=8 << 30, cpu_limit_cores=2, memory_max_bytes=3 * 100 * MiB + 5,
+                cpu_quota_pct=30.0, runtime_max_s=150)
+    enforced = job_caps(caps, cpus=1)
+    assert (enforced.memory_max_bytes, enforced.cpu_quota_pct, enforced.runtime_max_s) == (301 * MiB, 100.0, 180.0)
+    assert slurm.sbatch_args(name=job_name("train"), cwd="/", mem_bytes=enforced.memory_max_bytes, cpus=1,
+                             time_limit_s=enforced.runtime_max_s, output="/o", partition=None, account=None,
+                             comment=run_comment(7, "login1"))[1:] == [
+        "--job-name=babysit-train", "--chdir=/", "--output=/o", "--nodes=1", "--ntasks=1", "--cpus-per-task=1",
+        "--mem=301M", "--no-requeue", "--time=3", "--comment=babysit run #7 from login1"]
+
+
+def test_a_job_cancelled_while_pending_never_ran() -> None:
+    # Slurm gives it a StartTime all the same: its end
+    assert not ran(ENDED[4], seen_running=False)
+    assert ran(ENDED[11], seen_running=True) and ran(ENDED[5], seen_running=False)  # a quick job between rounds
