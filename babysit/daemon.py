@@ -383,8 +383,9 @@ class Daemon:
 
     def started(self, task_id: int, at: float) -> None:
         """A run left the executor's own queue."""
-        task, watch = self.by_id(task_id), self.watches.get(task_id)
-        if task and watch and task.state == State.QUEUED:
+        task = self.by_id(task_id)
+        if task and task.state == State.QUEUED:  # (a restart may have caught it queued: no watch yet)
+            watch = self.watches.setdefault(task_id, Watch(task_id))
             self.arm_deadlines(self.save(task.with_(state=State.RUNNING, started_at=at)), watch)
 
     def sample_now(self, task_id: int) -> None:

@@ -1,7 +1,7 @@
 """The Slurm executor: each run is a batch job on a cluster, and Slurm is the queue.
 
-Slurm pushes nothing to a client, so one loop asks it once a tick: `squeue`/`scontrol` for the jobs'
-states, `sstat` for the running ones' usage, `scontrol show node` for the room there is. The scheduler's
+Slurm pushes nothing to a client, so one loop asks it once a tick: `squeue` (and `sacct`, for jobs it
+has forgotten) for the jobs' states, `sstat` for the running ones' usage, `sinfo` for the room. The scheduler's
 policy (runaway_risk, the 2x kills, stalls, kill_timeout) works on those figures as on one host; the
 memory cap and the backstop are Slurm's own (`--mem`, `--time`).
 """
@@ -15,10 +15,8 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-from dataclasses import replace
 
 from babysit import slurm
 from babysit.capacity import Reservation
@@ -48,6 +46,11 @@ def run_comment(run_id: int, origin: str) -> str:
 def job_name(task_name: str) -> str:
     """The Slurm job name of a task: the same as its unit would have, without `.service`."""
     return unit_name(task_name).removesuffix(".service")
+
+
+def job_cpus(task: Task) -> int:
+    """--cpus-per-task: the CPU estimate in whole CPUs."""
+    return max(1, math.ceil(task.spec.estimates.cpu_cores - 1e-9))
 
 
 def job_caps(caps: Caps, cpus: int) -> Caps:
@@ -150,8 +153,7 @@ class SlurmExecutor(Reporting):
 
     async def start(self, task: Task) -> Task:
         """Submit the task as a batch job; it stays queued until Slurm starts it."""
-        output = self.output_dir / f"{task.name}-{task.id}.out"
-        cpus = max(1, math.ceil(task.spec.estimates.cpu_cores - 1e-9))
+        output, cpus = self.output_of(task), job_cpus(task)
         caps = job_caps(task.caps, cpus)
         try:
             job_id = await self.slurm.submit(
@@ -193,7 +195,7 @@ class SlurmExecutor(Reporting):
         return f"slurm: {tracked.reason or 'submitting'}" if tracked else None
 
     def last_output_at(self, task: Task) -> float | None:
-        """The output file's last change: what a job writes goes there, line by line."""
+        """The output file's last change: what a job's programs flush goes straight there."""
         tracked = self.tracked(task)
         with contextlib.suppress(OSError):
             return os.stat(tracked.output).st_mtime if tracked else None
@@ -211,9 +213,8 @@ class SlurmExecutor(Reporting):
                      if job.comment == run_comment(task.id, self.origin)]
             if not found:
                 return task  # the scheduler submits it (Daemon.drain)
-            output = self.output_dir / f"{task.name}-{task.id}.out"
-            cpus = max(1, math.ceil(task.spec.estimates.cpu_cores - 1e-9))
-            task = task.with_(caps=job_caps(task.caps, cpus), job=Job(found[0].job_id, str(output)))
+            task = task.with_(caps=job_caps(task.caps, job_cpus(task)), job=Job(found[0].job_id,
+                                                                                 str(self.output_of(task))))
             log.info("recovered %s: submitted as job %d just before the last daemon stopped", task.name,
                      found[0].job_id)
         assert task.job is not None
@@ -224,7 +225,7 @@ class SlurmExecutor(Reporting):
         """Track a running job again; the next round says whether it is still running."""
         if task.job is None:
             await self.scheduler.ended(task.id, Outcome(State.UNKNOWN, detail="no Slurm job is recorded for it"),
-                                 task.usage)
+                                       task.usage)
             return
         self.jobs[task.id] = Tracked(task.id, task.job.job_id, Path(task.job.output), state="RUNNING",
                                      seen_running=True)
@@ -299,7 +300,7 @@ class SlurmExecutor(Reporting):
             task = self.scheduler.task(task.id) or task
         outcome = job_outcome(job, task.kill_requested)
         seen = tracked.usage
-        peak = max(task.usage.peak_mem_bytes or 0, seen.peak_mem_bytes or 0 if seen else 0)
+        peak = max(task.usage.peak_mem_bytes or 0, (seen.peak_mem_bytes or 0) if seen else 0)
         if outcome.kill_reason == KillReason.OOM:  # Slurm ended it at --mem, whatever sstat last saw
             peak = max(peak, task.caps.memory_max_bytes)
         cpu_seconds = seen.cpu_seconds if seen and seen.cpu_seconds is not None else task.usage.cpu_seconds
@@ -325,6 +326,9 @@ class SlurmExecutor(Reporting):
                                 float(best.cpus - best.idle_cpus), best.mem_bytes - best.free_mem_bytes)
             self.room = Capacity(Host(best.mem_bytes, float(best.cpus)), best.free_mem_bytes,
                                  counts_running=False, held=(given,))
+
+    def output_of(self, task: Task) -> Path:
+        return self.output_dir / f"{task.name}-{task.id}.out"
 
     def tracked(self, task: Task) -> Tracked | None:
         return self.jobs.get(task.id)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from babysit.protocol import log_command, unit_name
-from tests.integration.conftest import Gate, babysit, daemon_config, on_slurm, restart_daemon, status
+from tests.integration.conftest import BIN, Gate, babysit, daemon_config, on_slurm, restart_daemon, status
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
@@ -169,6 +169,19 @@ def test_a_task_that_does_not_fit_is_refused_and_force_queues_it(executor: str, 
     code, result, _ = wait_result(waiting)
     assert (code, result["status"]) == (0, "completed"), result
     wait_for(lambda: log_lines(waiting) == ["my-turn"], 15, "its output")
+
+
+def test_wait_for_capacity_returns_once_the_room_is_free(executor: str, task_name: str) -> None:
+    cores = ["--estimated_cpu_cores=2", "--cpu_pct_limit=100"]
+    assert babysit("run", f"--name={task_name}", "--command=exec sleep 300", *cores).returncode == 0
+    wait_for(lambda: status(task_name)["status"] == "running", 60, "the holder to run")
+    no_room = babysit("wait_for_capacity", "--mem_bytes=64M", "--cpu_cores=2", "--timeout=1s")
+    assert no_room.returncode == 1 and "no room" in no_room.stderr, no_room
+    with subprocess.Popen([str(BIN / "babysit"), "wait_for_capacity", "--mem_bytes=64M", "--cpu_cores=2",
+                           "--timeout=2m"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as waiter:
+        assert babysit("kill", f"--name={task_name}").returncode == 0
+        out, err = waiter.communicate(timeout=150)
+    assert (waiter.returncode, out.strip()) == (0, "capacity: available"), err
 
 
 def test_a_task_outlives_a_restart_of_babysitd(executor: str, task_name: str, gate: Gate) -> None:

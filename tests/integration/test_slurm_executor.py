@@ -101,5 +101,6 @@ def test_a_pending_job_is_followed_across_a_restart_of_babysitd(task_name: str, 
         gate.open()
     code, result = result_of(pending)
     assert (code, result["status"]) == (0, "completed"), result
+    assert result["started_at"] is not None and result["elapsed_s"] >= 0  # seen to start, after the restart
     assert babysit("log", f"--name={pending}").stdout.split() == ["after-the-restart"]
     assert result_of(holder)[0] == 0
