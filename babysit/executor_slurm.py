@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from babysit import slurm
+from babysit import failpoints, slurm
 from babysit.capacity import Reservation
 from babysit.config import Config
 from babysit.executor import Capacity, Orphan, Reading, Reporting, StartRefused, Supervisor
@@ -163,6 +163,7 @@ class SlurmExecutor(Reporting):
                 account=self.config.slurm_account or None, comment=run_comment(task.id, self.origin))
         except (SlurmError, ValueError) as e:
             raise StartRefused(f"sbatch refused it: {e}") from None
+        failpoints.crash("submitted", task.name)  # a daemon that dies before it notes the job
         self.jobs[task.id] = Tracked(task.id, job_id, output)
         log.info("submitted %s as slurm job %d", task.name, job_id)
         return task.with_(caps=caps, job=Job(job_id, str(output)))
@@ -209,7 +210,7 @@ class SlurmExecutor(Reporting):
     async def recover_queued(self, task: Task) -> Task:
         """A queued run: submitted before the daemon stopped (then tracked again), or not yet."""
         if task.job is None:
-            found = [job for job in await self.slurm.by_name(job_name(task.name))
+            found = [job for job in await self.slurm.by_name(job_name(task.name), ended_too=True)
                      if job.comment == run_comment(task.id, self.origin)]
             if not found:
                 return task  # the scheduler submits it (Daemon.drain)

@@ -7,6 +7,7 @@ A `once` point removes its file when it fires.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -32,3 +33,11 @@ def check(point: str, subject: str = "", once: bool = False) -> None:
     if once:
         armed.unlink(missing_ok=True)
     raise InjectedFault(f"fault point {point} fired" + (f" for {subject}" if subject else ""))
+
+
+def crash(point: str, subject: str = "") -> None:
+    """End babysitd at once, as a crash would, when the `once` point is armed (for `subject`)."""
+    with contextlib.suppress(InjectedFault):
+        check(point, subject, once=True)
+        return
+    os._exit(1)

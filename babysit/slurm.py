@@ -374,15 +374,16 @@ class Slurm:
             argv = ["scancel", "--full", f"--signal={signal}", str(job_id)]
         await self._run(argv, ok_errors=_GONE)
 
-    async def by_name(self, name: str) -> list[Job]:
-        """This user's live (not yet ended) jobs named exactly `name`, oldest first."""
-        return [j for j in await self.by_name_prefix(name) if j.name == name]
+    async def by_name(self, name: str, ended_too: bool = False) -> list[Job]:
+        """This user's jobs named exactly `name`, oldest first: live ones, and with `ended_too` those the
+        controller still remembers (for its MinJobAge)."""
+        return [j for j in await self.by_name_prefix(name, ended_too) if j.name == name]
 
-    async def by_name_prefix(self, prefix: str) -> list[Job]:
-        """This user's live (not yet ended) jobs whose name starts with `prefix`, oldest first."""
+    async def by_name_prefix(self, prefix: str, ended_too: bool = False) -> list[Job]:
+        """This user's jobs whose name starts with `prefix`, oldest first (see by_name)."""
         # Filtered here: squeue's --name takes a comma-separated list of exact names.
-        out = await self._run(["squeue", "-h", "--me", "-O", SQUEUE_FORMAT])
-        found = [j for j in parse_squeue(out).values() if j.name.startswith(prefix) and not j.ended]
+        out = await self._run(["squeue", "-h", "--me", *(["-t", "all"] if ended_too else []), "-O", SQUEUE_FORMAT])
+        found = [j for j in parse_squeue(out).values() if j.name.startswith(prefix) and (ended_too or not j.ended)]
         return sorted(found, key=lambda j: j.job_id)
 
     async def nodes(self, partition: str | None = None) -> list[Node]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from babysit import failpoints
 from tests.integration.conftest import Gate, babysit, on_slurm, restart_daemon, status
 from tests.waiting import wait_for
 
@@ -17,9 +19,15 @@ WHOLE_NODE = ["--estimated_cpu_cores=2", "--cpu_pct_limit=100"]  # the test clus
 
 
 @pytest.fixture(scope="module", autouse=True)
-def slurm(daemon: str) -> Iterator[None]:
-    with on_slurm("tick_s = 0.25\n"):
-        yield
+def slurm(daemon: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """babysitd on Slurm, with a quick grace and fault points a test can arm (files in the directory)."""
+    faults = tmp_path_factory.mktemp("faults")
+    subprocess.run(["systemctl", "--user", "set-environment", f"{failpoints.DIR_VARIABLE}={faults}"], check=True)
+    try:
+        with on_slurm("tick_s = 0.25\nstop_grace_s = 2\n"):
+            yield faults
+    finally:
+        subprocess.run(["systemctl", "--user", "unset-environment", failpoints.DIR_VARIABLE], check=True)
 
 
 def job_id(name: str) -> str:
@@ -104,3 +112,25 @@ def test_a_pending_job_is_followed_across_a_restart_of_babysitd(task_name: str, 
     assert result["started_at"] is not None and result["elapsed_s"] >= 0  # seen to start, after the restart
     assert babysit("log", f"--name={pending}").stdout.split() == ["after-the-restart"]
     assert result_of(holder)[0] == 0
+
+
+def test_a_task_that_ignores_sigterm_is_killed_after_the_grace(task_name: str) -> None:
+    run(task_name, "trap '' TERM; echo up; while true; do sleep 0.2; done")
+    wait_for(lambda: babysit("log", f"--name={task_name}").stdout.split() == ["up"], 60, "it to run")
+    assert babysit("kill", f"--name={task_name}").returncode == 0
+    code, result = result_of(task_name)
+    assert (code, result["status"], result["kill_reason"]) == (1, "killed", "user"), result
+
+
+def test_a_job_submitted_by_a_daemon_that_died_before_noting_it_is_followed_not_submitted_again(
+        slurm: Path, task_name: str) -> None:
+    (slurm / "submitted").write_text(task_name)
+    # babysitd dies after sbatch; `run` asks again, the next babysitd finds the job by its name and comment
+    run(task_name, "echo once")
+    assert not (slurm / "submitted").exists()  # the fault fired
+    code, result = result_of(task_name)
+    assert (code, result["status"]) == (0, "completed"), result
+    assert babysit("log", f"--name={task_name}").stdout.split() == ["once"]
+    jobs = subprocess.run(["squeue", "-h", "-t", "all", "--me", "-o", "%j"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert jobs.count(f"babysit-{task_name}") == 1, jobs
