@@ -202,18 +202,24 @@ SLURM_OUTPUT = Path("/tmp/babysit-slurm-output")
 
 
 @contextlib.contextmanager
+def manager_environment(name: str, value: str) -> Iterator[None]:
+    """A variable in the user manager's environment, as environment.d sets one, for the services it starts."""
+    subprocess.run(["systemctl", "--user", "set-environment", f"{name}={value}"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["systemctl", "--user", "unset-environment", name], check=True)
+
+
+@contextlib.contextmanager
 def on_slurm(config: str = "") -> Iterator[None]:
     """babysitd restarted with the Slurm executor, on the cluster the Slurm tier started (SLURM_CONF)."""
-    conf = os.environ["SLURM_CONF"]  # the Slurm tier sets it (see tests/conftest.py)
-    # as a user would, in environment.d: the daemon's sbatch finds the cluster
-    subprocess.run(["systemctl", "--user", "set-environment", f"SLURM_CONF={conf}"], check=True)
     SLURM_OUTPUT.mkdir(mode=0o755, exist_ok=True)
     since = time.time()
-    try:
-        with daemon_config(f'{config}executor = "slurm"\nslurm_output_dir = "{SLURM_OUTPUT}"\n'):
-            yield
-    finally:
-        subprocess.run(["systemctl", "--user", "unset-environment", "SLURM_CONF"], check=True)
+    # the Slurm tier sets SLURM_CONF (see tests/conftest.py); with it, babysitd's sbatch finds the cluster
+    with (manager_environment("SLURM_CONF", os.environ["SLURM_CONF"]),
+          daemon_config(f'{config}executor = "slurm"\nslurm_output_dir = "{SLURM_OUTPUT}"\n')):
+        yield
     # an error while following jobs is a bug, even where every test passed
     errors = [line for line in daemon_log_since(since).splitlines() if line.startswith(("ERROR", "CRITICAL"))]
     assert not errors, "\n".join(errors)

@@ -14,7 +14,8 @@ import pytest
 from babysit import failpoints
 from babysit.protocol import unit_name
 from babysit.store import default_path
-from tests.integration.conftest import babysit, daemon_config, daemon_log_since, daemon_pid, restart_daemon, status
+from tests.integration.conftest import (babysit, daemon_config, daemon_log_since, daemon_pid, manager_environment,
+                                       restart_daemon, status)
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon")]
@@ -92,13 +93,9 @@ def fault_points(tmp_path: Path) -> Iterator[Path]:
     """babysitd restarted with fault points armed by files in a directory, and without them afterwards."""
     directory = tmp_path / "faults"
     directory.mkdir()
-    subprocess.run(["systemctl", "--user", "set-environment", f"{failpoints.DIR_VARIABLE}={directory}"], check=True)
-    try:
-        with daemon_config("tick_s = 0.25\n"):
-            yield directory
-    finally:
-        subprocess.run(["systemctl", "--user", "unset-environment", failpoints.DIR_VARIABLE], check=True)
-        restart_daemon()
+    with manager_environment(failpoints.DIR_VARIABLE, str(directory)), daemon_config("tick_s = 0.25\n"):
+        yield directory
+    restart_daemon()
 
 
 def test_an_error_while_watching_one_task_leaves_the_others_watched(fault_points: Path, task_name: str) -> None:

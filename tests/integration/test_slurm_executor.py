@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from babysit import failpoints
-from tests.integration.conftest import Gate, babysit, on_slurm, restart_daemon, status
+from tests.integration.conftest import Gate, babysit, manager_environment, on_slurm, restart_daemon, status
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
@@ -22,12 +22,8 @@ WHOLE_NODE = ["--estimated_cpu_cores=2", "--cpu_pct_limit=100"]  # the test clus
 def slurm(daemon: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """babysitd on Slurm, with a quick grace and fault points a test can arm (files in the directory)."""
     faults = tmp_path_factory.mktemp("faults")
-    subprocess.run(["systemctl", "--user", "set-environment", f"{failpoints.DIR_VARIABLE}={faults}"], check=True)
-    try:
-        with on_slurm("tick_s = 0.25\nstop_grace_s = 2\n"):
-            yield faults
-    finally:
-        subprocess.run(["systemctl", "--user", "unset-environment", failpoints.DIR_VARIABLE], check=True)
+    with manager_environment(failpoints.DIR_VARIABLE, str(faults)), on_slurm("tick_s = 0.25\nstop_grace_s = 2\n"):
+        yield faults
 
 
 def job_id(name: str) -> str:
