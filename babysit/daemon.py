@@ -14,13 +14,14 @@ import os
 import resource
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from babysit import __version__, config, failpoints, history, policy, report, store
 from babysit import bus as session_bus
+from babysit.background import Background
 from babysit.capacity import Decision, Reservation, capacity_report, decide, refusal, requested_room, room, shortfall
 from babysit.executor import Executor, StartRefused
 from babysit.host import meminfo
@@ -86,7 +87,7 @@ class Daemon:
         self._admission = asyncio.Lock()  # one decision at a time, so two tasks never take the same room
         self._drain_requested = False  # a burst of task ends drains the queue once, not once per end
         self._ends_since_prune = 0  # see prune
-        self._background: set[asyncio.Task[None]] = set()
+        self.background = Background()
         self.external_pressure = False  # reported once per episode
         self.pressure_since: float | None = None  # monotonic start of the current low-memory episode
 
@@ -332,7 +333,7 @@ class Daemon:
         """Drain soon; the requests of a burst of task ends become one drain."""
         if not self._drain_requested:
             self._drain_requested = True
-            self.background(self._drain_requested_now(), "draining the queue")
+            self.background.run(self._drain_requested_now(), "draining the queue")
 
     async def _drain_requested_now(self) -> None:
         self._drain_requested = False  # a request made while this drain runs gets a drain of its own
@@ -465,18 +466,6 @@ class Daemon:
         except Exception:
             log.exception("error while %s (task %s); the other tasks are still watched", doing, task.name)
 
-    def background(self, work: Coroutine[Any, Any, None], doing: str) -> None:
-        """Run `work` beside the loop, keeping a reference, and log it if it fails."""
-        running = asyncio.get_running_loop().create_task(work)
-        self._background.add(running)
-
-        def done(finished: asyncio.Task[None]) -> None:
-            self._background.discard(finished)
-            if not finished.cancelled() and finished.exception():
-                log.error("error while %s", doing, exc_info=finished.exception())
-
-        running.add_done_callback(done)
-
     def sample(self, task: Task, watch: Watch) -> Task:
         """Memory now and peak, CPU seconds and cores over the window, as the executor reads them."""
         sample = self.executor.read(task)
@@ -557,7 +546,7 @@ class Daemon:
     def on_timeout(self, task_id: int) -> None:
         if found := self.running_watch(task_id):
             log.info("stopping %s: %s", found[0].name, KillReason.TIMEOUT)
-            self.background(self.stop(found[0], KillReason.TIMEOUT), f"stopping {found[0].name}")
+            self.background.run(self.stop(found[0], KillReason.TIMEOUT), f"stopping {found[0].name}")
 
     def on_stall_check(self, task_id: int) -> None:
         """At the stall deadline, ask journald when the task last wrote; stop it, or check again later."""
@@ -570,7 +559,7 @@ class Daemon:
             interval = task.spec.estimates.observability_interval_s
             if policy.stalled(watch.last_output_at, time.time(), interval):
                 log.info("stopping %s: %s", task.name, KillReason.OBSERVABILITY_STALL)
-                self.background(self.stop(task, KillReason.OBSERVABILITY_STALL), f"stopping {task.name}")
+                self.background.run(self.stop(task, KillReason.OBSERVABILITY_STALL), f"stopping {task.name}")
                 return
         watch.stall_timer = asyncio.get_running_loop().call_later(
             max(0.0, watch.last_output_at + interval - time.time()), self.on_stall_check, task.id)

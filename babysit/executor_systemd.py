@@ -20,6 +20,7 @@ from typing import Any
 from dbus_fast.errors import DBusError
 
 from babysit import accounting, journal
+from babysit.background import Background
 from babysit.cgroup import CgroupFiles, Layout, OomNotifier, missing_controllers, oom_notifier, read_sample
 from babysit.config import Config
 from babysit.executor import Capacity, Orphan, Reading, Reporting, StartRefused, Supervisor
@@ -63,7 +64,7 @@ class SystemdExecutor(Reporting):
         self.advice: list[str] = []
         self.units: dict[str, UnitWatch] = {}  # unit object path -> watch
         self._finishing: set[int] = set()
-        self._background: set[asyncio.Task[None]] = set()
+        self.background = Background()
         self._ended_states: dict[int, str] = {}  # run id -> its unit's last ActiveState, until released
         self.ends_dir = ends_dir  # where units leave their final accounting (see babysit.accounting)
         ends_dir.mkdir(parents=True, exist_ok=True)
@@ -266,9 +267,7 @@ class SystemdExecutor(Reporting):
             self.arm_oom_notifier(task, watch)
         if task and has_ended(watch.props, watch.seen_active) and task.id not in self._finishing:
             self._finishing.add(task.id)
-            finishing = asyncio.get_running_loop().create_task(self.finish(task))
-            self._background.add(finishing)
-            finishing.add_done_callback(lambda done: self.finished(done, task))
+            self.background.run(self.finish(task), f"finishing {task.name}")
 
     def arm_oom_notifier(self, task: Task, watch: UnitWatch) -> None:
         watch.oom = oom_notifier(self.layout, self.cgroup_of(task))
@@ -281,11 +280,6 @@ class SystemdExecutor(Reporting):
         watch.oom.on_readable()
         if watch.oom.fired:
             self.scheduler.sample_now(task_id)
-
-    def finished(self, finishing: asyncio.Task[None], task: Task) -> None:
-        self._background.discard(finishing)
-        if not finishing.cancelled() and finishing.exception():
-            log.error("error while finishing %s", task.name, exc_info=finishing.exception())
 
     async def finish(self, task: Task) -> None:
         """A task's unit is over: read how it ended, and hand the result to the scheduler."""

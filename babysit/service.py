@@ -285,7 +285,7 @@ class BusService:
         for task in finished:
             self.scheduler.TaskFinished(task.name, to_dict(report.result(task, now)))
             if self.daemon.config.notify:
-                self.daemon.background(self.notify(task), f"notifying the end of {task.name}")
+                self.daemon.background.run(self.notify(task), f"notifying the end of {task.name}")
         if self.capacity_stale:
             self.capacity_stale = False
             self.scheduler.CapacityChanged(to_dict(self.daemon.capacity()))
