@@ -29,10 +29,10 @@ from dbus_fast import Message, Variant
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface, dbus_method
 
-from babysit import bus as session_bus
-from babysit.client import Client
-from babysit.protocol import BUS_NAME, SCHEDULER_INTERFACE, SCHEDULER_PATH, State, unit_name
-from babysit.systemd import Systemd
+from babysit.cli.client import Client
+from babysit.common import bus as session_bus
+from babysit.core.protocol import BUS_NAME, SCHEDULER_INTERFACE, SCHEDULER_PATH, State, unit_name
+from babysit.executors.systemd.manager import Systemd
 from tests.integration.conftest import BIN, TINY, UnitSignals, daemon_pid, ended, run_spec
 
 BABYSIT = str(BIN / "babysit")

@@ -23,9 +23,9 @@ from dbus_fast import BusType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
-from babysit.client import DaemonNotRunning
-from babysit import protocol
-from babysit.systemd import Systemd, UnitChange, unit_path
+from babysit.cli.client import DaemonNotRunning
+from babysit.core import protocol
+from babysit.executors.systemd.manager import Systemd, UnitChange, unit_path
 from tests.waiting import wait_for
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 
 import pytest
 
-from babysit.protocol import unit_name
+from babysit.core.protocol import unit_name
 from tests.integration.conftest import babysit, daemon_config, restart_daemon, status, systemctl_show
 from tests.waiting import wait_for
 

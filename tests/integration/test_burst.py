@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import pytest
 
-from babysit.client import Client
+from babysit.cli.client import Client
 from tests.integration.conftest import BIN, babysit_units, daemon_pid, run_spec, systemctl_show, until
 from tests.waiting import wait_event
 

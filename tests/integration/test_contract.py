@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from babysit.protocol import log_command, unit_name
+from babysit.core.protocol import log_command, unit_name
 from tests.integration.conftest import BIN, Gate, babysit, daemon_config, on_slurm, restart_daemon, status
 from tests.waiting import wait_for
 

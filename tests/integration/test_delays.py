@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from babysit.protocol import unit_name
+from babysit.core.protocol import unit_name
 from tests.integration.conftest import BIN, UnitSignals
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.usefixtures("daemon")]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from babysit.systemd import SERVICE, Systemd, unit_path
+from babysit.executors.systemd.manager import SERVICE, Systemd, unit_path
 from tests.integration.conftest import UnitSignals, ended
 from tests.waiting import wait_for
 

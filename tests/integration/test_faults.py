@@ -20,10 +20,9 @@ from typing import Any
 import pytest
 from dbus_fast import Variant
 
-from babysit.client import Client
-from babysit.protocol import DAEMON_UNIT, State
-from tests.integration.conftest import (babysit, babysit_units, daemon_pid, run_spec, session_control, task_output,
-                                       until)
+from babysit.cli.client import Client
+from babysit.core.protocol import DAEMON_UNIT, State
+from tests.integration.conftest import babysit, babysit_units, daemon_pid, run_spec, session_control, task_output, until
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.usefixtures("daemon")]

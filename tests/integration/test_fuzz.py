@@ -13,8 +13,8 @@ from dbus_fast.aio import MessageBus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from babysit.protocol import BUS_NAME, ERRORS, SCHEDULER_INTERFACE, SCHEDULER_PATH
-from babysit.task import SPEC_FIELDS
+from babysit.core.protocol import BUS_NAME, ERRORS, SCHEDULER_INTERFACE, SCHEDULER_PATH
+from babysit.core.task import SPEC_FIELDS
 from tests.integration.conftest import babysit, babysit_units
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon")]

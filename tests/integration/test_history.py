@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from babysit.history import HEADROOM, MIN_MEM_BYTES
+from babysit.core.history import HEADROOM, MIN_MEM_BYTES
 from tests.integration.conftest import babysit, daemon_config, status
 from tests.integration.test_cli_matrix import cli
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from babysit.host import read_host
-from babysit.config import Config
+from babysit.common.config import Config
+from babysit.common.host import read_host
 from tests.integration.conftest import babysit, systemctl_show
 from tests.waiting import wait_for
 
@@ -31,7 +31,7 @@ def test_the_slice_holds_all_tasks_inside_the_budget(daemon: str) -> None:
 def wheel_venv(tmp_path: Path, daemon: str) -> Iterator[Path]:
     """babysit from its wheel in a new virtualenv; the checkout's daemon is put back afterwards."""
     if not any(WHEELHOUSE.glob("babysit-*.whl")):
-        pytest.fail(f"no wheel in {WHEELHOUSE}: build it with `pip wheel -w .wheelhouse .` (.ci/run does)")
+        pytest.fail(f"no wheel in {WHEELHOUSE}: `python3 tests/suite.py` builds it")
     venv = tmp_path / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=120)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-index", f"--find-links={WHEELHOUSE}",

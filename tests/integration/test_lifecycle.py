@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from babysit.protocol import unit_name
+from babysit.core.protocol import unit_name
 from tests.integration.conftest import babysit, journal, session_control, systemctl_show
 from tests.waiting import wait_for
 

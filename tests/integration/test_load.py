@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from dbus_fast import Variant
 
-from babysit.client import Client
-from babysit.protocol import State
+from babysit.cli.client import Client
+from babysit.core.protocol import State
 from tests.integration.conftest import BIN, babysit, run_spec, task_output, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.usefixtures("daemon")]

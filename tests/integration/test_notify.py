@@ -16,7 +16,7 @@ import pytest_asyncio
 from dbus_fast.annotations import DBusDict, DBusInt32, DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.service import ServiceInterface, dbus_method
 
-from babysit import bus as session_bus
+from babysit.common import bus as session_bus
 from tests.integration.conftest import babysit, daemon_config
 from tests.waiting import wait_event
 

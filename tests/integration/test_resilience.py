@@ -11,11 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from babysit import failpoints
-from babysit.protocol import unit_name
-from babysit.store import default_path
-from tests.integration.conftest import (babysit, daemon_config, daemon_log_since, daemon_pid, manager_environment,
-                                       restart_daemon, status)
+from babysit.common import failpoints
+from babysit.core.protocol import unit_name
+from babysit.daemon.store import default_path
+from tests.integration.conftest import (
+    babysit,
+    daemon_config,
+    daemon_log_since,
+    daemon_pid,
+    manager_environment,
+    restart_daemon,
+    status,
+)
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon")]

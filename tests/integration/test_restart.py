@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from babysit.protocol import DAEMON_UNIT, unit_name
+from babysit.core.protocol import DAEMON_UNIT, unit_name
 from tests.integration.conftest import Gate, babysit, daemon_pid, journal, systemctl_show
 from tests.waiting import wait_for
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from babysit import failpoints
+from babysit.common import failpoints
 from tests.integration.conftest import Gate, babysit, manager_environment, on_slurm, restart_daemon, status
 from tests.waiting import wait_for
 

@@ -12,7 +12,7 @@ from datetime import datetime
 
 import pytest
 
-from babysit.host import free_mem_bytes
+from babysit.common.host import free_mem_bytes
 from tests.integration.conftest import babysit, daemon_config, journal
 from tests.waiting import wait_for
 

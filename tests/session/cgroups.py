@@ -9,7 +9,7 @@ from pathlib import Path
 
 # The parsers are the product's own (stdlib only), shared so both read cgroups the same way.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from babysit.cgroup import parse_mountinfo, parse_proc_cgroup  # noqa: E402
+from babysit.executors.systemd.cgroup import parse_mountinfo, parse_proc_cgroup  # noqa: E402
 
 
 @dataclass(frozen=True)

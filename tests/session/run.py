@@ -100,7 +100,8 @@ MISSING_HELP = (
 
 
 def babysit_paths(env: dict[str, str], home: Path) -> list[Path]:
-    """Where babysit keeps a user's installation, config and database (babysit/install.py, config.py, store.py)."""
+    """Where babysit keeps a user's installation, config and database (babysit/cli/install.py,
+    common/config.py, daemon/store.py)."""
     config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
     data = Path(env.get("XDG_DATA_HOME") or home / ".local/share")
     state = Path(env.get("XDG_STATE_HOME") or home / ".local/state")

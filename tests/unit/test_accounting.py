@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from babysit import accounting, failpoints, store
-from babysit.accounting import FinalAccounting
-from babysit.outcome import UnitEnd, classify, final_usage
-from babysit.protocol import KillReason, State
-from babysit.task import Task, Usage, derive_caps
-from babysit.unit import description, parse_description
+from babysit.common import failpoints
+from babysit.core.outcome import FinalAccounting, UnitEnd, classify, final_usage
+from babysit.core.protocol import KillReason, State
+from babysit.core.task import Task, Usage, derive_caps
+from babysit.daemon import store
+from babysit.executors.systemd import accounting
+from babysit.executors.systemd.unit import description, parse_description
 from tests.unit.test_report_and_store import HOST, make_spec
 
 MiB = 1 << 20

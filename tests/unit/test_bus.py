@@ -16,7 +16,7 @@ import pytest_asyncio
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from babysit import bus as babysit_bus
+from babysit.common import bus as babysit_bus
 
 BIG = 4 << 20  # far more than the socket buffers on both sides hold
 HELLO_REPLY_SERIAL = 1
@@ -141,5 +141,5 @@ def test_the_patch_refuses_a_writer_it_does_not_know() -> None:
     class Unknown:
         _writer = object()
 
-    with pytest.raises(RuntimeError, match="re-check babysit.bus"):
+    with pytest.raises(RuntimeError, match="re-check babysit.common.bus"):
         babysit_bus.wait_when_full(Unknown())  # type: ignore[arg-type]

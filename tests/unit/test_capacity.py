@@ -1,8 +1,8 @@
 import pytest
 
-from babysit.capacity import Reservation, capacity_report, decide, fits, refusal
-from babysit.protocol import InvalidArgument
-from babysit.task import GiB, Host
+from babysit.core.capacity import Reservation, capacity_report, decide, fits, refusal
+from babysit.core.protocol import InvalidArgument
+from babysit.core.task import GiB, Host
 
 HOST = Host(mem_bytes=16 * GiB, cores=4)
 PLENTY = 64 * GiB

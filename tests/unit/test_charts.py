@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from babysit.charts import activity, sparkline, usage_charts
-from babysit.timeline import Timeline
+from babysit.cli.charts import activity, sparkline, usage_charts
+from babysit.core.timeline import Timeline
 
 
 def test_sparkline_scales_to_the_cap() -> None:

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from babysit import __version__
-from babysit.cli import app
+from babysit.cli.commands import app
 
 COMMANDS = [["run"], ["wait"], ["wait_for_capacity"], ["log"], ["list"], ["status"], ["kill"], ["adjust"], ["ping"],
             ["daemon-start"], ["skill", "install"]]

@@ -3,9 +3,17 @@ from pathlib import Path
 
 import pytest
 
-from babysit import config
-from babysit.cgroup import CLOCK_TICKS, CgroupFiles, Layout, missing_controllers, parse_cpu_stat, parse_proc_stat_cpu, read_sample
-from babysit.protocol import InvalidArgument
+from babysit.common import config
+from babysit.core.protocol import InvalidArgument
+from babysit.executors.systemd.cgroup import (
+    CLOCK_TICKS,
+    CgroupFiles,
+    Layout,
+    missing_controllers,
+    parse_cpu_stat,
+    parse_proc_stat_cpu,
+    read_sample,
+)
 
 V1_MOUNTINFO = """\
 32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu

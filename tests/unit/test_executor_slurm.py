@@ -1,14 +1,20 @@
-"""The Slurm executor's pure parts: how each recorded ending of a job reads in babysit's terms, and the
-caps as Slurm enforces them."""
+"""The Slurm executor's pure parts: how each recorded ending of a job reads in babysit's terms, the caps
+as Slurm enforces them, and a job's last output."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
-from babysit import slurm
-from babysit.executor_slurm import job_caps, job_name, job_outcome, ran, run_comment
-from babysit.protocol import KillReason, State
-from babysit.task import Caps
+from babysit.common.config import Config
+from babysit.core.protocol import KillReason, State
+from babysit.core.task import Caps, Host, Job, Task, derive_caps, spec_from_wire
+from babysit.executors.slurm import commands as slurm
+from babysit.executors.slurm.commands import Slurm
+from babysit.executors.slurm.executor import SlurmExecutor, job_caps, job_name, run_comment
+from babysit.executors.slurm.rounds import Tracked, job_outcome, ran
 from tests.unit.test_slurm import SQUEUE_ALL
 
 ENDED = slurm.parse_squeue(SQUEUE_ALL)  # recorded from a real cluster, one job per ending
@@ -56,3 +62,17 @@ def test_a_job_cancelled_while_pending_never_ran() -> None:
     # Slurm gives it a StartTime all the same: its end
     assert not ran(ENDED[4], seen_running=False)
     assert ran(ENDED[11], seen_running=True) and ran(ENDED[5], seen_running=False)  # a quick job between rounds
+
+
+def test_a_jobs_last_output_is_its_output_files_change(tmp_path: Path) -> None:
+    """What babysitd's silence of a Slurm task (`silent_s`, `babysit top`) comes from: the output file's age."""
+    host = Host(mem_bytes=8 << 30, cores=4.0)
+    spec = spec_from_wire({"name": "train-4", "command": "python train.py"}, host)
+    output = tmp_path / "train-4-7.out"
+    task = Task(7, spec, derive_caps(spec, host), State.RUNNING, 0.0, job=Job(70, str(output)))
+    executor = SlurmExecutor(Slurm(env={}), Config(), host, tmp_path)
+    executor.jobs[task.id] = Tracked(task.id, 70, output)
+    assert executor.last_output_at(task) is None  # nothing written yet
+    output.write_text("epoch 1\n")
+    os.utime(output, (1_000_000.0, 1_000_000.0))
+    assert executor.last_output_at(task) == 1_000_000.0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from babysit.history import HEADROOM, LAST_RUNS, Learned, PastRun, kin, learn, name_stem, spread
-from babysit.protocol import State
-from babysit.task import Spread
+from babysit.core.history import HEADROOM, LAST_RUNS, Learned, PastRun, kin, learn, name_stem, spread
+from babysit.core.protocol import State
+from babysit.core.task import Spread
 
 GiB = 1 << 30
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from babysit.journal import rate_limit, rate_limit_warning
+from babysit.executors.systemd.journal import rate_limit, rate_limit_warning
 
 
 @pytest.mark.parametrize("texts, limited", [

@@ -1,7 +1,7 @@
 import pytest
 
-from babysit.outcome import UnitEnd, classify, has_ended
-from babysit.protocol import KillReason, State
+from babysit.core.outcome import UnitEnd, classify, has_ended
+from babysit.core.protocol import KillReason, State
 
 
 def end(result: str, code: int, status: int, active: str = "failed", sub: str = "failed") -> UnitEnd:

@@ -1,9 +1,9 @@
 import pytest
 
-from babysit.outcome import UnitEnd, classify, oom_evidence
-from babysit.policy import Load, Memory, Observation, evaluate, pressure_victims, sample_interval, stalled
-from babysit.protocol import KillReason, State
-from babysit.task import Estimates
+from babysit.core.outcome import UnitEnd, classify, oom_evidence
+from babysit.core.policy import Load, Memory, Observation, evaluate, pressure_victims, sample_interval, stalled
+from babysit.core.protocol import KillReason, State
+from babysit.core.task import Estimates
 
 MiB = 1 << 20
 EST = Estimates(time_s=60, mem_bytes=100 * MiB, cpu_cores=1, kill_timeout_s=120, observability_interval_s=30)
@@ -126,7 +126,7 @@ def test_oom_evidence_from_samples() -> None:
 
 
 def test_a_ratio_just_over_an_estimate_reads_over_1() -> None:
-    from babysit.policy import RunawayRisk
+    from babysit.core.policy import RunawayRisk
 
     assert RunawayRisk("elapsed", 1.000319, 1.0).ratio == 1.001  # found by CI: it read 1.0
     assert RunawayRisk("mem", 150, 100).ratio == 1.5

@@ -1,7 +1,7 @@
 import pytest
 
-from babysit.protocol import InvalidArgument
-from babysit.quantities import format_duration, format_size, parse_duration, parse_size, size_flag
+from babysit.core.protocol import InvalidArgument
+from babysit.core.quantities import format_duration, format_size, parse_duration, parse_size, size_flag
 
 
 @pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400),

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from babysit import protocol, report
-from babysit.protocol import KillReason, NameInUse, State
-from babysit.store import SCHEMA, Store
-from babysit.task import GiB, Host, Job, Outcome, Task, Usage, derive_caps, spec_from_wire
-from babysit.timeline import Timeline
+from babysit.core import protocol, report
+from babysit.core.protocol import KillReason, NameInUse, State
+from babysit.core.task import GiB, Host, Job, Outcome, Task, Usage, derive_caps, spec_from_wire
+from babysit.core.timeline import Timeline
+from babysit.daemon.store import SCHEMA, Store
 
 HOST = Host(mem_bytes=16 * GiB, cores=4)
 
@@ -81,7 +81,7 @@ def test_a_slurm_run_keeps_its_job_and_names_its_output_file(tmp_path: Path) -> 
 def test_a_database_from_before_executors_gains_the_job_column(tmp_path: Path) -> None:
     path = tmp_path / "babysit.sqlite3"
     old = sqlite3.connect(path)
-    old.executescript(SCHEMA.replace(",\n    job TEXT  -- babysit.task.Job, as JSON", ""))
+    old.executescript(SCHEMA.replace(",\n    job TEXT  -- babysit.core.task.Job, as JSON", ""))
     old.execute("INSERT INTO tasks (name, state, submitted_at, spec, caps, usage) VALUES (?, 'queued', 1, ?, ?, ?)",
                 ("job", json.dumps(asdict(make_spec())), json.dumps(asdict(derive_caps(make_spec(), HOST))),
                  json.dumps(asdict(Usage()))))
@@ -154,3 +154,17 @@ def test_a_desktop_notification_says_how_it_ended() -> None:
     assert report.notification(failed) == ("babysit: train failed", "exit code 3 after 1m")
     done = task.with_(state=State.COMPLETED, outcome=Outcome(State.COMPLETED, exit_code=0))
     assert report.notification(done) == ("babysit: train completed", "after 1m")
+
+
+def test_a_history_entry_has_the_protocols_keys_in_order() -> None:
+    from babysit.core.history import PastRun
+
+    run = PastRun(id=7, name="train", command="python train.py", cwd="/data", state=State.KILLED,
+                  kill_reason="timeout", exit_code=None, submitted_at=0.0, elapsed_s=12.34567,
+                  peak_mem_bytes=1 << 20, p95_cpu_cores=1.23456, estimated_time_s=600.0,
+                  estimated_mem_bytes=1 << 30, estimated_cpu_cores=2.0)
+    entry = report.history_entry(run)
+    assert tuple(entry) == protocol.HISTORY_KEYS
+    assert entry["run_id"] == 7 and entry["status"] == "killed" and entry["kill_reason"] == "timeout"
+    assert entry["elapsed_s"] == 12.346 and entry["p95_cpu_cores"] == 1.235
+    assert entry["submitted_at"] == "1970-01-01T00:00:00.000+00:00" and entry["cwd"] == "/data"

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from babysit import config, install, store
-from babysit.cgroup import parse_mountinfo, parse_proc_cgroup
+from babysit.cli import install
+from babysit.common import config
+from babysit.daemon import store
+from babysit.executors.systemd.cgroup import parse_mountinfo, parse_proc_cgroup
 from tests.session.cgroups import Hierarchy, hierarchies
 from tests.session.run import babysit_paths, babysit_units, choose_mode, missing_parents, own_session_is_up, refusal
 

@@ -12,9 +12,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from babysit.cli import app
-from babysit.protocol import KillReason
-from babysit.skill import TEMPLATE, where_claude_looks
+from babysit.cli.commands import app
+from babysit.cli.skill import TEMPLATE, where_claude_looks
+from babysit.core.protocol import KillReason
 
 TEXT = TEMPLATE.read_text()
 

@@ -1,5 +1,5 @@
-"""babysit.slurm: its parsers on output recorded from a real Slurm 22.05 cluster (tests/slurm/cluster.py),
-and its commands against stand-in executables that replay recorded answers."""
+"""babysit.executors.slurm.commands: its parsers on output recorded from a real Slurm 22.05 cluster
+(tests/slurm/cluster.py), and its commands against stand-in executables that replay recorded answers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from babysit import slurm
-from babysit.slurm import Job, JobUsage, Node, Slurm, SlurmError
+from babysit.executors.slurm import commands as slurm
+from babysit.executors.slurm.commands import Job, JobUsage, Node, Slurm, SlurmError
 
 MiB = 1 << 20
 US = slurm.SEP

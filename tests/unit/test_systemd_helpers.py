@@ -1,6 +1,6 @@
 from dbus_fast import Variant
 
-from babysit.systemd import typed_properties, unit_path, unwrap
+from babysit.executors.systemd.manager import typed_properties, unit_path, unwrap
 
 
 def test_unit_path_escapes_like_systemd() -> None:

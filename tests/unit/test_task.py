@@ -1,7 +1,7 @@
 import pytest
 
-from babysit.protocol import ExceedsCap, InvalidArgument
-from babysit.task import GiB, Host, derive_caps, spec_from_wire, spec_to_wire
+from babysit.core.protocol import ExceedsCap, InvalidArgument
+from babysit.core.task import GiB, Host, derive_caps, spec_from_wire, spec_to_wire
 
 SMALL = Host(mem_bytes=8 * GiB, cores=2)
 
@@ -74,8 +74,8 @@ def test_wire_round_trip() -> None:
 
 
 def test_task_output_is_line_buffered_unless_asked_not_to() -> None:
-    from babysit.task import Buffering
-    from babysit.unit import exec_start, unit_command
+    from babysit.core.task import Buffering
+    from babysit.executors.systemd.unit import exec_start, unit_command
 
     line = spec(command="echo $HOME")
     plain = spec(command="echo $HOME", buffering="default")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from babysit.timeline import FIRST_STEP_S, MAX_POINTS, Timeline, percentile
+from babysit.core.timeline import FIRST_STEP_S, MAX_POINTS, Timeline, percentile
 
 
 def sampled(seconds: int, every: float = 1.0, mem=lambda t: 100, cpu=lambda t: 1.0, out=lambda t: t) -> Timeline:

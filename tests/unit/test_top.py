@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 from rich.console import Console
 
-from babysit.journal import LastOutput
-from babysit.top import board, silences
+from babysit.cli.top import board
 
 GiB = 1 << 30
 NOW = 1_000_000.0
 RUNNING = {"name": "train-4", "status": "running", "started_at": datetime.fromtimestamp(NOW - 400, UTC).isoformat(),
            "mem_bytes": 3 * GiB, "estimated_mem_bytes": 2 * GiB, "cpu_cores": 1.0, "estimated_cpu_cores": 1.5,
            "kill_timeout_s": 1200.0, "observability_interval_s": 300.0, "memory_max_bytes": 6 * GiB,
-           "cpu_quota_pct": 180.0}
+           "cpu_quota_pct": 180.0, "silent_s": 3.0}
 QUEUED = {"name": "prep", "status": "queued", "queue_position": 1, "waiting_for": "not enough memory",
           "estimated_mem_bytes": 8 * GiB, "estimated_cpu_cores": 2.0}
 CAPACITY = {"free_mem_bytes": 10 * GiB, "host_mem_bytes": 16 * GiB, "available_mem_bytes": 4 * GiB,
@@ -26,7 +22,7 @@ CAPACITY = {"free_mem_bytes": 10 * GiB, "host_mem_bytes": 16 * GiB, "available_m
 
 def screen(tasks: list[dict], width: int = 80) -> list[str]:
     console = Console(width=width, record=True, color_system=None)
-    console.print(board(tasks, CAPACITY, NOW, silences={"train-4": 3.0}))
+    console.print(board(tasks, CAPACITY, NOW))
     return console.export_text().splitlines()
 
 
@@ -50,21 +46,8 @@ def test_an_empty_board_says_so() -> None:
 
 
 def test_bars_show_the_estimate_within_the_cap() -> None:
-    from babysit.top import bar
+    from babysit.cli.top import bar
 
     assert str(bar(1.0, 2.0, 6.0, 12)) == "██░░┃░░░░░░░"  # a third of the estimate, the estimate a third of the cap
     assert str(bar(4.0, 2.0, 6.0, 12)) == "████████░░░░"  # twice the estimate: the marker is under the bar
     assert bar(4.0, 2.0, 6.0, 12).style == "red" and bar(1.0, 2.0, 6.0, 12).style == "green"
-
-
-def test_a_slurm_jobs_silence_is_its_output_files_age(tmp_path: Path) -> None:
-    output = tmp_path / "train-4-7.out"
-    output.write_text("epoch 1\n")
-    os.utime(output, (NOW - 40, NOW - 40))
-    started = datetime.fromtimestamp(NOW - 100, UTC).isoformat()
-    task = {"name": "train-4", "status": "running", "started_at": started, "output_file": str(output)}
-    journal = LastOutput()  # not asked: a Slurm job writes to its file
-    assert silences([task], journal, NOW) == {"train-4": pytest.approx(40)}
-    output.unlink()  # a job whose output is gone: silent since its start
-    assert silences([task], journal, NOW) == {"train-4": pytest.approx(100)}
-    journal.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from babysit.protocol import DAEMON_UNIT, unit_name
+from babysit.core.protocol import DAEMON_UNIT, unit_name
 from tests.host.test_readme import quickstart
 from tests.integration.conftest import Gate, babysit, status, systemctl_show
 from tests.waiting import wait_for

@@ -9,9 +9,15 @@ import pytest
 
 from tests.integration.test_exact_results import test_an_oom_kill_reports_the_peak_at_memory_max
 from tests.integration.test_install import test_the_slice_holds_all_tasks_inside_the_budget
-from tests.integration.test_lifecycle import (test_kill_stops_a_running_task, test_list_and_status_show_a_running_task,
-                                              test_run_wait_and_log_a_completed_task)
-from tests.integration.test_restart import test_tasks_outlive_a_killed_daemon, test_wait_survives_a_daemon_restart_by_systemd
+from tests.integration.test_lifecycle import (
+                                              test_kill_stops_a_running_task,
+                                              test_list_and_status_show_a_running_task,
+                                              test_run_wait_and_log_a_completed_task,
+)
+from tests.integration.test_restart import (
+                                              test_tasks_outlive_a_killed_daemon,
+                                              test_wait_survives_a_daemon_restart_by_systemd,
+)
 from tests.integration.test_watchdogs import TestKills, quick_watchdogs, test_host_pressure
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("daemon")]

@@ -1,0 +1,59 @@
+"""One actionable sentence per kill, built from what was measured against what was estimated."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from babysit.core.protocol import KillReason
+from babysit.core.quantities import format_duration, format_size, size_flag
+from babysit.core.task import Spread, Task
+
+
+def earlier(spread: Spread | None, verb: str, shown: Callable[[float], str]) -> str:
+    """`; the last 3 runs peaked at 8.7 GiB–9.3 GiB`, when there were earlier runs to cite."""
+    if spread is None:
+        return ""
+    runs = "the last run" if spread.runs == 1 else f"the last {spread.runs} runs"
+    figures = shown(spread.low) if spread.low == spread.high else f"{shown(spread.low)}–{shown(spread.high)}"
+    return f"; {runs} {verb} {figures}"
+
+
+def kill_hint(task: Task) -> str:
+    """What to change before running `task` again, given why it was killed (and how earlier runs went)."""
+    e, u, name = task.spec.estimates, task.usage, task.name
+    reason = task.outcome.kill_reason if task.outcome else None
+    past = task.outcome.history if task.outcome else None
+    if reason == KillReason.USER:
+        return f"stopped on request (babysit kill --name={name}); run it again when wanted"
+    if reason == KillReason.TIMEOUT:
+        elapsed = elapsed_s(task) or e.kill_timeout_s
+        longest = max(elapsed, past.high if past else 0)
+        return (f"ran {format_duration(elapsed)} vs estimate {format_duration(e.time_s)}, hit kill_timeout "
+                f"{format_duration(e.kill_timeout_s)}{earlier(past, 'took', format_duration)}: check for a hang, "
+                f"then re-run with --estimated_time={format_duration(2 * longest)}")
+    if reason in (KillReason.OOM, KillReason.MEM_2X_SUSTAINED):
+        peak = max(u.peak_mem_bytes or u.mem_bytes, task.caps.memory_max_bytes if reason == KillReason.OOM else 0)
+        need = max(peak, past.high if past else 0)
+        return (f"peak {format_size(peak)} vs estimate {format_size(e.mem_bytes)}"
+                f"{earlier(past, 'peaked at', format_size)}: audit memory use (rolling reads, smaller batches), "
+                f"then re-run with --estimated_mem_bytes={size_flag(need * 1.2)}")
+    if reason == KillReason.CPU_2X_SUSTAINED:
+        cores = max(u.cpu_cores, past.high if past else 0)
+        return (f"used {u.cpu_cores:.1f} cores vs estimate {e.cpu_cores:g}"
+                f"{earlier(past, 'used', lambda c: f'{c:.1f} cores')}: limit its threads/workers, or "
+                f"re-run with --estimated_cpu_cores={max(1, round(cores + 0.5))}")
+    if reason == KillReason.OBSERVABILITY_STALL:
+        return (f"no output for {format_duration(e.observability_interval_s)}: print progress (python -u, "
+                f"flush=True), or re-run with --observability_interval={format_duration(2 * e.observability_interval_s)}")
+    if reason == KillReason.PRESSURE:
+        need = max(u.peak_mem_bytes or 0, e.mem_bytes)
+        return (f"the host ran short of memory while it used {format_size(u.mem_bytes)} (estimate "
+                f"{format_size(e.mem_bytes)}): re-run with --estimated_mem_bytes={size_flag(need * 1.2)} after "
+                f"babysit wait_for_capacity --mem_bytes={size_flag(need * 1.2)} --cpu_cores={e.cpu_cores:g}")
+    return ""
+
+
+def elapsed_s(task: Task) -> float | None:
+    if task.started_at is None:
+        return None
+    return (task.finished_at or task.started_at) - task.started_at

@@ -1,0 +1,103 @@
+"""A task's status and terminal result as JSON, built from the daemon's task model (the key order is
+the protocol's)."""
+
+from __future__ import annotations
+
+import shlex
+from datetime import UTC, datetime
+from typing import Any
+
+from babysit.core.hints import kill_hint
+from babysit.core.history import PastRun
+from babysit.core.protocol import HISTORY_KEYS, State, log_command, unit_name
+from babysit.core.quantities import format_duration
+from babysit.core.task import Task, TaskSpec
+
+
+def timestamp(at: float | None) -> str | None:
+    """ISO 8601 in UTC, to the millisecond."""
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+
+
+def result(task: Task, now: float) -> dict[str, Any]:
+    """The terminal JSON (also the core of `status` for a task still queued or running)."""
+    e, caps, outcome = task.spec.estimates, task.caps, task.outcome
+    end = task.finished_at or now
+    report: dict[str, Any] = {}
+    if outcome and outcome.state == State.KILLED:
+        report |= {"kill_reason": str(outcome.kill_reason), "kill_hint": kill_hint(task)}
+    report |= {
+        "name": task.name,
+        "status": str(task.state),
+        "exit_code": outcome.exit_code if outcome else None,
+        "signal": outcome.signal if outcome else None,
+        "started_at": timestamp(task.started_at),
+        "finished_at": timestamp(task.finished_at),
+        "elapsed_s": round(end - task.started_at, 3) if task.started_at else None,
+        "peak_mem_bytes": task.usage.peak_mem_bytes,
+        # None (JSON null) when the kernel's figure could not be read, never a made-up 0
+        "cpu_seconds": None if task.usage.cpu_seconds is None else round(task.usage.cpu_seconds, 3),
+        "estimated_time_s": e.time_s,
+        "kill_timeout_s": e.kill_timeout_s,
+        "observability_interval_s": e.observability_interval_s,
+        "estimated_mem_bytes": e.mem_bytes,
+        "estimated_cpu_cores": e.cpu_cores,
+        "mem_pct_limit": task.spec.mem_pct_limit,
+        "cpu_pct_limit": task.spec.cpu_pct_limit,
+        "memory_max_bytes": caps.memory_max_bytes,
+        "cpu_quota_pct": caps.cpu_quota_pct,
+        "runtime_max_s": caps.runtime_max_s,
+        # a Slurm job's output is a file (shlex.join quotes it for a shell)
+        "unit": f"slurm job {task.job.job_id}" if task.job else unit_name(task.name),
+        "log_cmd": shlex.join(["cat", task.job.output]) if task.job else log_command(task.name),
+    }
+    if outcome and outcome.detail:
+        report["detail"] = outcome.detail
+    return report
+
+
+def status(task: Task, now: float) -> dict[str, Any]:
+    """Everything the record of a run tells: the result fields plus the spec and the usage now."""
+    return result(task, now) | {
+        "command": task.spec.command,
+        "cwd": task.spec.cwd,
+        "submitted_at": timestamp(task.submitted_at),
+        "mem_bytes": task.usage.mem_bytes,
+        "cpu_cores": round(task.usage.cpu_cores, 3),
+        "silent_s": None,  # journald tells, when asked: the daemon fills it in for a running task
+        "estimates_from": task.spec.estimates_from or None,
+    } | ({"output_file": task.job.output} if task.job else {})
+
+
+def risk_event(task: Task, dim: str, actual: float, estimate: float, ratio: float, at: float) -> dict[str, Any]:
+    """A runaway_risk event as `wait` prints it."""
+    return {"event": "runaway_risk", "name": task.name, "dim": dim, "actual": actual, "estimate": estimate,
+            "ratio": ratio, "at": timestamp(at)}
+
+
+def history_entry(run: PastRun) -> dict[str, Any]:
+    """A finished run as `babysit history --json` shows it: the protocol's HISTORY_KEYS, in their order;
+    each is the PastRun field of its name but for the few written out here."""
+    shown = {"run_id": run.id, "status": str(run.state), "submitted_at": timestamp(run.submitted_at),
+             "elapsed_s": None if run.elapsed_s is None else round(run.elapsed_s, 3),
+             "p95_cpu_cores": None if run.p95_cpu_cores is None else round(run.p95_cpu_cores, 3)}
+    return {key: shown[key] if key in shown else getattr(run, key) for key in HISTORY_KEYS}
+
+
+def estimate(spec: TaskSpec, runs: int) -> dict[str, Any]:
+    """What `babysit estimate` prints: the estimates `run` would use, and where they come from."""
+    e = spec.estimates
+    return {"name": spec.name, "command": spec.command, "cwd": spec.cwd, "runs": runs,
+            "estimates_from": spec.estimates_from or None, "estimated_time_s": e.time_s,
+            "kill_timeout_s": e.kill_timeout_s, "estimated_mem_bytes": e.mem_bytes, "estimated_cpu_cores": e.cpu_cores}
+
+
+def notification(task: Task) -> tuple[str, str]:
+    """A desktop notification of a task's end: its summary and its body."""
+    outcome, summary = task.outcome, f"babysit: {task.name} {task.state}"
+    elapsed = format_duration(task.finished_at - task.started_at) if task.started_at and task.finished_at else None
+    if outcome and outcome.kill_reason:
+        return f"{summary} ({outcome.kill_reason})", kill_hint(task)
+    if outcome and outcome.exit_code:
+        return summary, f"exit code {outcome.exit_code}" + (f" after {elapsed}" if elapsed else "")
+    return summary, (f"after {elapsed}" if elapsed else outcome.detail if outcome else "")

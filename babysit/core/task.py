@@ -1,0 +1,286 @@
+"""The task model: a validated spec, the caps derived from it, and the record of one run."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from babysit.core.protocol import ExceedsCap, InvalidArgument, KillReason, State
+from babysit.core.quantities import format_size, parse_duration, parse_size
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+GiB = 1 << 30
+DEFAULT_TIME_S = 600.0
+DEFAULT_OBSERVABILITY_S = 300.0
+DEFAULT_MEM_PCT = 40.0
+DEFAULT_CPU_PCT = 90.0
+DEFAULT_MEM_BYTES = 4 * GiB
+DEFAULT_CPU_CORES = 4.0
+RUNTIME_BACKSTOP_MARGIN_S = 60.0  # RuntimeMaxSec ends a task even without the daemon, a little later
+# systemd's own variables for a unit's processes; copying the caller's would mislead the task
+SYSTEMD_ENV = {"NOTIFY_SOCKET", "INVOCATION_ID", "JOURNAL_STREAM", "LISTEN_PID", "LISTEN_FDS",
+               "LISTEN_FDNAMES", "MANAGERPID", "SYSTEMD_EXEC_PID", "WATCHDOG_PID", "WATCHDOG_USEC"}
+
+
+class Buffering(StrEnum):
+    """How the task's C stdio output is buffered: by line (so native loggers are seen), or as the program does."""
+
+    LINE = "line"
+    DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class Host:
+    """The capacity babysit may hand out: RAM and cores (after any configured budget)."""
+
+    mem_bytes: int
+    cores: float
+
+
+@dataclass(frozen=True)
+class Estimates:
+    time_s: float
+    mem_bytes: int
+    cpu_cores: float
+    kill_timeout_s: float
+    observability_interval_s: float
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What systemd and the daemon enforce on one unit."""
+
+    mem_limit_bytes: int  # the per-task cap: mem_pct_limit % of the host
+    cpu_limit_cores: float  # the per-task cap: cpu_pct_limit % of the host's cores
+    memory_max_bytes: int  # MemoryMax: 3 x estimate, within the cap
+    cpu_quota_pct: float  # CPUQuota, in percent of one CPU as systemd counts it
+    runtime_max_s: float  # RuntimeMaxSec: a backstop past kill_timeout, for when no daemon runs
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    command: str
+    cwd: str  # "~" is the user's home, as systemd reads WorkingDirectory
+    env: Mapping[str, str]
+    estimates: Estimates
+    mem_pct_limit: float
+    cpu_pct_limit: float
+    request_id: str = ""  # the client's id for this submission, so a retried Run is not a second task
+    buffering: Buffering = Buffering.LINE
+    estimates_from: str = ""  # where estimates the caller left out came from: earlier runs (babysit.history)
+
+
+def validate_name(name: object) -> str:
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"invalid task name {name!r}: 1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+        )
+    return name
+
+
+def _get(wire: Mapping[str, Any], key: str, kinds: tuple[type, ...], default: Any = None) -> Any:
+    value = wire.get(key, default)
+    if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+        raise InvalidArgument(f"{key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _duration(wire: Mapping[str, Any], key: str, default: float) -> float:
+    value = _get(wire, key, (str, int, float))
+    if value is None:
+        return default
+    seconds = parse_duration(value) if isinstance(value, str) else float(value)
+    if not 0 < seconds <= 365 * 86400:
+        raise InvalidArgument(f"{key} must be more than 0 and at most 365d")
+    return seconds
+
+
+def _size(wire: Mapping[str, Any], key: str) -> int | None:
+    value = _get(wire, key, (str, int, float))
+    if value is None:
+        return None
+    size = parse_size(value) if isinstance(value, str) else int(value)
+    if not 0 < size <= 1 << 60:
+        raise InvalidArgument(f"{key} must be more than 0 bytes and at most 1 EiB")
+    return size
+
+
+def _number(wire: Mapping[str, Any], key: str, low: float, high: float) -> float | None:
+    value = _get(wire, key, (str, int, float))
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidArgument(f"{key} must be a number, not {value!r}") from None
+    if not low < number <= high:
+        raise InvalidArgument(f"{key} must be more than {low:g} and at most {high:g}")
+    return number
+
+
+def clean_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The caller's environment as a unit can take it: valid names, no systemd-owned variables."""
+    bad = [k for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str) or not ENV_NAME.fullmatch(k)]
+    if bad:
+        raise InvalidArgument(f"invalid environment variable names: {', '.join(map(repr, bad[:5]))}")
+    return {k: v for k, v in env.items() if k not in SYSTEMD_ENV and "\0" not in v}
+
+
+SPEC_FIELDS = {"name", "command", "cwd", "env", "estimated_time", "kill_timeout", "observability_interval",
+               "mem_pct_limit", "cpu_pct_limit", "estimated_mem_bytes", "estimated_cpu_cores", "request_id",
+               "buffering"}
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def spec_from_wire(wire: Mapping[str, Any], host: Host) -> TaskSpec:
+    """A complete, validated spec from the D-Bus `Run` dictionary; defaults resolved against the host."""
+    unknown = set(wire) - SPEC_FIELDS
+    if unknown:
+        raise InvalidArgument(f"unknown spec fields: {', '.join(sorted(unknown))}")
+    name = validate_name(wire.get("name"))
+    command = _get(wire, "command", (str,))
+    if not command or not command.strip() or "\0" in command:
+        raise InvalidArgument("command must be a non-empty shell command")
+    cwd = _get(wire, "cwd", (str,), "~")
+    if cwd != "~" and (not cwd.startswith("/") or "\0" in cwd):
+        raise InvalidArgument(f"cwd must be an absolute path, not {cwd!r}")
+    env = _get(wire, "env", (dict,), {})
+    mem_pct = _number(wire, "mem_pct_limit", 0, 100) or DEFAULT_MEM_PCT
+    cpu_pct = _number(wire, "cpu_pct_limit", 0, 100) or DEFAULT_CPU_PCT
+    estimates = estimates_from_wire(wire, host, mem_pct, cpu_pct)
+    request_id = _get(wire, "request_id", (str,), "")
+    if request_id and not REQUEST_ID.fullmatch(request_id):
+        raise InvalidArgument("request_id must be 1 to 64 letters, digits, '-' or '_'")
+    buffering = _get(wire, "buffering", (str,), Buffering.LINE)
+    if buffering not in set(Buffering):
+        raise InvalidArgument(f"buffering must be one of {', '.join(Buffering)}, not {buffering!r}")
+    return TaskSpec(name, command, cwd, clean_env(env), estimates, mem_pct, cpu_pct, request_id,
+                    Buffering(buffering))
+
+
+def estimates_from_wire(wire: Mapping[str, Any], host: Host, mem_pct: float, cpu_pct: float) -> Estimates:
+    """The estimates of a `Run` dictionary, defaults resolved against the host and the per-task caps."""
+    time_s = _duration(wire, "estimated_time", DEFAULT_TIME_S)
+    mem_cap, cpu_cap = host.mem_bytes * mem_pct / 100, host.cores * cpu_pct / 100
+    return Estimates(
+        time_s=time_s,
+        # defaults yield to small hosts: a default `run` must pass the caps anywhere
+        mem_bytes=_size(wire, "estimated_mem_bytes") or int(min(DEFAULT_MEM_BYTES, mem_cap)),
+        cpu_cores=_number(wire, "estimated_cpu_cores", 0, 1 << 20) or min(DEFAULT_CPU_CORES, cpu_cap),
+        kill_timeout_s=_duration(wire, "kill_timeout", 2 * time_s),
+        observability_interval_s=_duration(wire, "observability_interval", DEFAULT_OBSERVABILITY_S),
+    )
+
+
+def spec_to_wire(spec: TaskSpec) -> dict[str, Any]:
+    e = spec.estimates
+    return {
+        "name": spec.name, "command": spec.command, "cwd": spec.cwd, "env": dict(spec.env),
+        "estimated_time": e.time_s, "kill_timeout": e.kill_timeout_s,
+        "observability_interval": e.observability_interval_s, "mem_pct_limit": spec.mem_pct_limit,
+        "cpu_pct_limit": spec.cpu_pct_limit, "estimated_mem_bytes": e.mem_bytes,
+        "estimated_cpu_cores": e.cpu_cores, "request_id": spec.request_id, "buffering": str(spec.buffering),
+    }
+
+
+def limits(spec: TaskSpec, host: Host) -> tuple[int, float]:
+    """The per-task caps: memory (bytes) and CPU (cores) no estimate may exceed."""
+    return int(host.mem_bytes * spec.mem_pct_limit / 100), host.cores * spec.cpu_pct_limit / 100
+
+
+def derive_caps(spec: TaskSpec, host: Host) -> Caps:
+    """The caps of SPEC 'Caps applied to each unit'; an estimate above its cap is refused."""
+    mem_cap, cpu_cap = limits(spec, host)
+    e = spec.estimates
+    if e.mem_bytes > mem_cap:
+        raise ExceedsCap(
+            f"exceeds_cap: estimated memory {format_size(e.mem_bytes)} is above the per-task cap "
+            f"{format_size(mem_cap)} ({spec.mem_pct_limit:g}% of {format_size(host.mem_bytes)}); "
+            "lower --estimated_mem_bytes or raise --mem_pct_limit"
+        )
+    if e.cpu_cores > cpu_cap:
+        raise ExceedsCap(
+            f"exceeds_cap: estimated CPU {e.cpu_cores:g} cores is above the per-task cap {cpu_cap:g} cores "
+            f"({spec.cpu_pct_limit:g}% of {host.cores:g}); lower --estimated_cpu_cores or raise --cpu_pct_limit"
+        )
+    return Caps(
+        mem_limit_bytes=mem_cap,
+        cpu_limit_cores=cpu_cap,
+        memory_max_bytes=min(3 * e.mem_bytes, mem_cap),
+        cpu_quota_pct=cpu_cap * 100,
+        # systemd cannot move RuntimeMaxSec on a running unit; leave `adjust` room to extend kill_timeout
+        runtime_max_s=2 * e.kill_timeout_s + RUNTIME_BACKSTOP_MARGIN_S,
+    )
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What sampling saw of a running task."""
+
+    mem_bytes: int = 0
+    peak_mem_bytes: int | None = None  # the kernel's high-water mark; None until measured
+    cpu_seconds: float | None = None  # the kernel's CPU total; None until measured
+    cpu_cores: float = 0.0
+
+
+@dataclass(frozen=True)
+class Spread:
+    """How one figure ranged over earlier runs of a task, kept with a kill so its hint can cite them."""
+
+    runs: int
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Job:
+    """The Slurm job that runs a task (a systemd unit needs no record: its name follows from the task's)."""
+
+    job_id: int
+    output: str  # the file its output goes to
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended."""
+
+    state: State
+    exit_code: int | None = None
+    signal: int | None = None
+    kill_reason: KillReason | None = None
+    detail: str = ""  # why, for `unknown`, or what systemd said
+    history: Spread | None = None  # for a kill: the killing figure over the earlier runs
+
+
+@dataclass(frozen=True)
+class Task:
+    """One run of a named task, as the store keeps it."""
+
+    id: int
+    spec: TaskSpec
+    caps: Caps
+    state: State
+    submitted_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    kill_requested: KillReason | None = None  # a stop babysit asked for, kept across restarts
+    outcome: Outcome | None = None
+    usage: Usage = field(default_factory=Usage)
+    job: Job | None = None  # where an executor other than systemd runs it
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def in_babysits_queue(self) -> bool:
+        """Queued and not yet handed to its executor (a queued task with a job waits in the executor's queue)."""
+        return self.state == State.QUEUED and self.job is None
+
+    def with_(self, **changes: Any) -> Task:
+        return replace(self, **changes)

@@ -1,0 +1,41 @@
+"""What admission weighs a task against, read once per decision: the executor's room and free memory, and
+what the running tasks hold (core.capacity decides)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from babysit.core.capacity import Decision, Reservation, capacity_report, decide
+from babysit.core.task import Host
+from babysit.daemon.ledger import Ledger
+from babysit.executors.base import Executor
+
+
+class Admission:
+    def __init__(self, ledger: Ledger, executor: Executor) -> None:
+        self.ledger = ledger
+        self.executor = executor
+
+    def room_now(self) -> tuple[Host, int, list[Reservation]]:
+        """The room, the free memory, and what running tasks hold: as their estimates say on one host, as
+        the cluster says where the executor knows (a cluster's allocations include other users' jobs)."""
+        capacity = self.executor.capacity()
+        held = self.reservations() if capacity.held is None else list(capacity.held)
+        return capacity.host, capacity.free_mem_bytes, held
+
+    def reservations(self) -> list[Reservation]:
+        return [Reservation(t.name, t.spec.estimates.mem_bytes, t.spec.estimates.cpu_cores, t.usage.mem_bytes)
+                for t in self.ledger.running()]
+
+    def decide(self, mem_bytes: int, cpu_cores: float, ahead: list[str] | None = None) -> Decision:
+        """Whether a task of these estimates fits now, behind the queue (or behind `ahead`)."""
+        queued = [t.name for t in self.ledger.queue()] if ahead is None else ahead
+        return decide(*self.room_now(), mem_bytes, cpu_cores, queued)
+
+    def hands_over(self, decision: Decision) -> bool:
+        """Whether a task goes to its executor now: it fits, or the executor keeps a queue of its own (Slurm)."""
+        return decision.admit or self.executor.queues
+
+    def report(self, warnings: list[str]) -> dict[str, Any]:
+        """`Capacity`: the room, the free memory, the queue, and what does not hold here."""
+        return capacity_report(*self.room_now(), [t.name for t in self.ledger.queue()]) | {"warnings": warnings}

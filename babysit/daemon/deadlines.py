@@ -1,0 +1,90 @@
+"""A running task's deadlines as exact timers: its kill_timeout, and the check for a stall.
+
+No work is done between two deadlines. At the stall deadline the executor says when the task last wrote
+a line (journald, or a Slurm job's file); the task is stopped, or checked again one interval after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from babysit.common.background import Background
+from babysit.core import policy
+from babysit.core.protocol import KillReason, State
+from babysit.core.task import Task
+from babysit.daemon.ledger import Ledger
+from babysit.daemon.watch import Watch, isolated
+from babysit.executors.base import Executor
+
+log = logging.getLogger("babysitd")
+Stop = Callable[[Task, KillReason], Coroutine[Any, Any, None]]  # the supervisor's stop
+
+
+class Deadlines:
+    def __init__(self, ledger: Ledger, executor: Executor, watches: dict[int, Watch], stop: Stop) -> None:
+        self.ledger = ledger
+        self.executor = executor
+        self.watches = watches  # the supervisor's, by run id
+        self.stop = stop
+        self.background = Background()
+
+    def arm(self, task: Task, watch: Watch) -> None:
+        """The task's kill_timeout and its next stall check."""
+        watch.disarm()
+        loop, now, e = asyncio.get_running_loop(), time.time(), task.spec.estimates
+        started = task.started_at or now
+        watch.last_output_at = max(watch.last_output_at, started)
+        watch.timeout_timer = loop.call_later(max(0.0, started + e.kill_timeout_s - now), self.on_timeout, task.id)
+        watch.stall_timer = loop.call_later(max(0.0, watch.last_output_at + e.observability_interval_s - now),
+                                            self.on_stall_check, task.id)
+
+    def still_due(self, task_id: int) -> tuple[Task, Watch] | None:
+        """The task and its watch, while a deadline still applies to it (running, and no stop asked yet)."""
+        task = self.ledger.by_id(task_id)
+        watch = self.watches.get(task_id)
+        if task is None or watch is None or task.state != State.RUNNING or task.kill_requested:
+            return None
+        return task, watch
+
+    def on_timeout(self, task_id: int) -> None:
+        if found := self.still_due(task_id):
+            self.stop_soon(found[0], KillReason.TIMEOUT)
+
+    def on_stall_check(self, task_id: int) -> None:
+        """At the stall deadline, ask when the task last wrote; stop it, or check again later."""
+        found = self.still_due(task_id)
+        if found is None:
+            return
+        task, watch = found
+        interval = task.spec.estimates.observability_interval_s
+        with isolated(task, "checking it for a stall"):
+            self.note_output(task, watch)
+            if policy.stalled(watch.last_output_at, time.time(), interval):
+                self.stop_soon(task, KillReason.OBSERVABILITY_STALL)
+                return
+        watch.stall_timer = asyncio.get_running_loop().call_later(
+            max(0.0, watch.last_output_at + interval - time.time()), self.on_stall_check, task.id)
+
+    def stop_soon(self, task: Task, reason: KillReason) -> None:
+        log.info("stopping %s: %s", task.name, reason)
+        self.background.run(self.stop(task, reason), f"stopping {task.name}")
+
+    def silent_s(self, task: Task, now: float) -> float | None:
+        """Seconds since a running task's last line, asked when wanted (once a second at most, for long lists)."""
+        watch = self.watches.get(task.id)
+        if watch is None:
+            return None
+        if time.monotonic() - watch.output_asked_at > 1.0:
+            self.note_output(task, watch)
+        return round(now - watch.last_output_at, 1)
+
+    def note_output(self, task: Task, watch: Watch) -> None:
+        """What the executor says of the task's newest line."""
+        written = self.executor.last_output_at(task)
+        watch.output_asked_at = time.monotonic()
+        if written:
+            watch.last_output_at = max(watch.last_output_at, written)

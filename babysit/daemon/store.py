@@ -1,0 +1,282 @@
+"""What systemd and journald do not keep: runs, their specs, transitions, events and results (SQLite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import asdict, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from babysit.core.history import PastRun, past_run
+from babysit.core.protocol import KillReason, NameInUse, State
+from babysit.core.task import Buffering, Caps, Estimates, Job, Outcome, Spread, Task, TaskSpec, Usage
+from babysit.core.timeline import Timeline
+
+LIVE = (State.QUEUED.value, State.RUNNING.value)
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    kill_requested TEXT,
+    spec TEXT NOT NULL,
+    caps TEXT NOT NULL,
+    outcome TEXT,
+    usage TEXT NOT NULL,
+    job TEXT  -- babysit.core.task.Job, as JSON
+);
+-- a name is unique among runs that are not over; finished runs of it stay as history
+CREATE UNIQUE INDEX IF NOT EXISTS live_name ON tasks(name) WHERE state IN {LIVE};
+-- history and estimates look runs up by name, and completed ones by command and directory
+CREATE INDEX IF NOT EXISTS by_name ON tasks(name, id);
+CREATE INDEX IF NOT EXISTS completed_by_command
+    ON tasks(json_extract(spec, '$.command'), json_extract(spec, '$.cwd'), id) WHERE state = 'completed';
+-- a retried Run finds the run its first attempt created
+CREATE INDEX IF NOT EXISTS request ON tasks(json_extract(spec, '$.request_id'));
+CREATE TABLE IF NOT EXISTS transitions (
+    task_id INTEGER NOT NULL REFERENCES tasks(id),
+    at REAL NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+-- a run's usage over time, bounded (babysit.timeline)
+CREATE TABLE IF NOT EXISTS timelines (
+    task_id INTEGER PRIMARY KEY REFERENCES tasks(id),
+    data TEXT NOT NULL,
+    p95_cpu_cores REAL  -- kept apart: history and estimates need only this of it
+);
+CREATE TABLE IF NOT EXISTS events (
+    task_id INTEGER NOT NULL REFERENCES tasks(id),
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+"""
+
+
+USAGE_FIELDS = {f.name for f in fields(Usage)}  # older records also kept silent_s
+
+
+def default_path() -> Path:
+    state_home = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(state_home, "babysit", "babysit.sqlite3")
+
+
+def _task(row: sqlite3.Row) -> Task:
+    spec = json.loads(row["spec"])
+    outcome = json.loads(row["outcome"]) if row["outcome"] else None
+    return Task(
+        id=row["id"],
+        spec=TaskSpec(**{**spec, "estimates": Estimates(**spec["estimates"]),
+                         "buffering": Buffering(spec.get("buffering", Buffering.LINE))}),
+        caps=Caps(**json.loads(row["caps"])),
+        state=State(row["state"]),
+        submitted_at=row["submitted_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        kill_requested=KillReason(row["kill_requested"]) if row["kill_requested"] else None,
+        outcome=Outcome(**{
+            **outcome,
+            "state": State(outcome["state"]),
+            "kill_reason": KillReason(outcome["kill_reason"]) if outcome["kill_reason"] else None,
+            "history": Spread(**outcome["history"]) if outcome.get("history") else None,
+        }) if outcome else None,
+        usage=Usage(**{k: v for k, v in json.loads(row["usage"]).items() if k in USAGE_FIELDS}),
+        job=Job(**json.loads(row["job"])) if row["job"] else None,
+    )
+
+
+PAST_RUNS = "SELECT tasks.*, timelines.p95_cpu_cores FROM tasks LEFT JOIN timelines ON task_id = id"
+
+
+def past(row: sqlite3.Row) -> PastRun:
+    return past_run(_task(row), row["p95_cpu_cores"])
+
+
+def rowid(cursor: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just made."""
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def open_or_replace(path: Path, now: float) -> tuple[Store, str | None]:
+    """The store at `path`; a damaged one is moved aside (kept) and replaced by a fresh one, with a warning.
+
+    A supervisor that cannot read its records must still supervise: the tasks are systemd units, and
+    babysitd takes up the ones still running from their unit Descriptions.
+    """
+    try:
+        return Store(path), None
+    except sqlite3.DatabaseError as e:
+        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = path.with_name(f"{path.name}.damaged-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{path}{suffix}").exists():
+                os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+        return Store(path), (f"the state database was damaged ({e}) and was moved aside to {aside}; babysit "
+                             "started a fresh one: earlier runs are not in the history, and running tasks were "
+                             "taken up again from systemd")
+
+
+class Store:
+    """One SQLite database; every write is one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None)
+        try:
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            (check,) = self.db.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            self.db.executescript(SCHEMA)
+            if "job" not in {column["name"] for column in self.db.execute("PRAGMA table_info(tasks)")}:
+                self.db.execute("ALTER TABLE tasks ADD COLUMN job TEXT")  # a database from before executors
+        except sqlite3.DatabaseError:
+            self.db.close()
+            raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    def add(self, spec: TaskSpec, caps: Caps, at: float) -> Task:
+        """A new queued run; NameInUse while another run of the name is not over."""
+        try:
+            with self.db:
+                self.db.execute("BEGIN")
+                cursor = self.db.execute(
+                    "INSERT INTO tasks (name, state, submitted_at, spec, caps, usage) VALUES (?, ?, ?, ?, ?, ?)",
+                    (spec.name, State.QUEUED.value, at, json.dumps(asdict(spec)), json.dumps(asdict(caps)),
+                     json.dumps(asdict(Usage()))),
+                )
+                task_id = rowid(cursor)
+                self.db.execute("INSERT INTO transitions (task_id, at, state) VALUES (?, ?, ?)",
+                                (task_id, at, State.QUEUED.value))
+        except sqlite3.IntegrityError:
+            raise NameInUse.of(spec.name) from None
+        return self.get(task_id)
+
+    def add_running(self, spec: TaskSpec, caps: Caps, run_id: int | None, started_at: float) -> Task:
+        """A run found running without a record (the records were lost), under its own id where it is free."""
+        with self.db:
+            self.db.execute("BEGIN")
+            cursor = self.db.execute(
+                "INSERT INTO tasks (id, name, state, submitted_at, started_at, spec, caps, usage) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, spec.name, State.RUNNING.value, started_at, started_at, json.dumps(asdict(spec)),
+                 json.dumps(asdict(caps)), json.dumps(asdict(Usage()))),
+            )
+            self.db.execute("INSERT INTO transitions (task_id, at, state, detail) VALUES (?, ?, ?, ?)",
+                            (rowid(cursor), started_at, State.RUNNING.value, "taken up from its unit without a record"))
+        return self.get(rowid(cursor))
+
+    def name_of(self, run_id: int) -> str | None:
+        """The task name of a run, if there is a record of it."""
+        row = self.db.execute("SELECT name FROM tasks WHERE id = ?", (run_id,)).fetchone()
+        return row["name"] if row else None
+
+    def save(self, task: Task, at: float, detail: str = "", timeline: Timeline | None = None) -> Task:
+        """Write a run's current record (and its timeline, when given); a change of state is also logged
+        as a transition. One transaction: a run's end is one commit."""
+        with self.db:
+            self.db.execute("BEGIN")
+            (old_state,) = self.db.execute("SELECT state FROM tasks WHERE id = ?", (task.id,)).fetchone()
+            self.db.execute(
+                "UPDATE tasks SET state=?, started_at=?, finished_at=?, kill_requested=?, spec=?, caps=?, "
+                "outcome=?, usage=?, job=? WHERE id=?",
+                (task.state.value, task.started_at, task.finished_at,
+                 task.kill_requested.value if task.kill_requested else None, json.dumps(asdict(task.spec)),
+                 json.dumps(asdict(task.caps)), json.dumps(asdict(task.outcome)) if task.outcome else None,
+                 json.dumps(asdict(task.usage)), json.dumps(asdict(task.job)) if task.job else None, task.id),
+            )
+            if old_state != task.state.value:
+                self.db.execute("INSERT INTO transitions (task_id, at, state, detail) VALUES (?, ?, ?, ?)",
+                                (task.id, at, task.state.value, detail))
+            if timeline is not None:
+                self.save_timeline(task, timeline)
+        return task
+
+    def get(self, task_id: int) -> Task:
+        return _task(self.db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone())
+
+    def latest(self, name: str) -> Task | None:
+        """The newest run of a name."""
+        row = self.db.execute("SELECT * FROM tasks WHERE name = ? ORDER BY id DESC LIMIT 1", (name,)).fetchone()
+        return _task(row) if row else None
+
+    def by_request(self, request_id: str) -> Task | None:
+        """The run a client's submission created, if it did."""
+        row = self.db.execute("SELECT * FROM tasks WHERE json_extract(spec, '$.request_id') = ?",
+                              (request_id,)).fetchone()
+        return _task(row) if row else None
+
+    def live(self) -> list[Task]:
+        """Queued and running runs, in submission order."""
+        rows = self.db.execute(f"SELECT * FROM tasks WHERE state IN {LIVE} ORDER BY id").fetchall()
+        return [_task(r) for r in rows]
+
+    def history(self, batch: int = 100) -> Iterator[list[Task]]:
+        """Every run, oldest first, `batch` at a time."""
+        rows = self.db.execute("SELECT * FROM tasks ORDER BY id").fetchall()  # no statement left open meanwhile
+        for start in range(0, len(rows), batch):
+            yield [_task(r) for r in rows[start:start + batch]]
+
+    def save_timeline(self, task: Task, timeline: Timeline) -> None:
+        self.db.execute("INSERT OR REPLACE INTO timelines (task_id, data, p95_cpu_cores) VALUES (?, ?, ?)",
+                        (task.id, json.dumps(timeline.to_json()), timeline.p95_cpu_cores()))
+
+    def timeline(self, task: Task) -> Timeline:
+        row = self.db.execute("SELECT data FROM timelines WHERE task_id = ?", (task.id,)).fetchone()
+        return Timeline.from_json(json.loads(row["data"])) if row else Timeline()
+
+    def finished(self, name: str | None, limit: int) -> list[PastRun]:
+        """The newest `limit` finished runs (of one name, or of all), oldest first."""
+        where, args = ("name = ? AND ", (name,)) if name else ("", ())
+        rows = self.db.execute(f"{PAST_RUNS} WHERE {where}state NOT IN {LIVE} ORDER BY id DESC LIMIT ?",
+                               (*args, limit)).fetchall()
+        return [past(r) for r in reversed(rows)]
+
+    def completed_like(self, name: str, stem: str, command: str, cwd: str, each: int) -> list[PastRun]:
+        """Where a new run's kin are (babysit.core.history.kin): the newest `each` completed runs of its name, of
+        names from its stem on, and of its command in its directory; oldest first."""
+        relations = [("name = ?", (name,)), ("name >= ? AND name < ?", (stem, stem + "\U0010ffff")),
+                     ("json_extract(spec, '$.command') = ? AND json_extract(spec, '$.cwd') = ?", (command, cwd))]
+        found: dict[int, sqlite3.Row] = {}
+        for where, args in relations:  # the literal state lets SQLite use the partial index
+            for row in self.db.execute(f"{PAST_RUNS} WHERE state = 'completed' AND {where} ORDER BY id DESC "
+                                       "LIMIT ?", (*args, each)):
+                found[row["id"]] = row
+        return [past(found[i]) for i in sorted(found)]
+
+    def prune(self, keep_runs: int, keep_s: float, now: float) -> int:
+        """Forget finished runs beyond the newest `keep_runs`, or older than `keep_s`; how many went."""
+        pruned = (f"SELECT id FROM tasks WHERE state NOT IN {LIVE} AND (submitted_at < ? OR id NOT IN "
+                  f"(SELECT id FROM tasks WHERE state NOT IN {LIVE} ORDER BY id DESC LIMIT ?))")
+        with self.db:
+            self.db.execute("BEGIN")
+            for table, key in (("transitions", "task_id"), ("events", "task_id"), ("timelines", "task_id"),
+                               ("tasks", "id")):  # the runs last: the others are found through them
+                gone = self.db.execute(f"DELETE FROM {table} WHERE {key} IN ({pruned})", (now - keep_s, keep_runs))
+        return gone.rowcount
+
+    def add_event(self, task: Task, kind: str, data: dict[str, Any], at: float) -> None:
+        self.db.execute("INSERT INTO events (task_id, at, kind, data) VALUES (?, ?, ?, ?)",
+                        (task.id, at, kind, json.dumps(data)))
+
+    def events(self, task: Task) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT kind, at, data FROM events WHERE task_id = ? ORDER BY rowid", (task.id,))
+        return [{"event": kind, **json.loads(data)} for kind, _at, data in rows]
+
+    def transitions(self, task: Task) -> list[tuple[float, str, str]]:
+        rows = self.db.execute("SELECT at, state, detail FROM transitions WHERE task_id = ? ORDER BY rowid",
+                               (task.id,))
+        return [tuple(r) for r in rows]

@@ -1,0 +1,1 @@
+"""The Slurm executor: tasks as batch jobs on a cluster (executor), over Slurm's own commands (commands)."""
