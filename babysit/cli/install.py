@@ -108,8 +108,9 @@ def why_not_running() -> str:
         # Result is reset to success at each new start attempt, so a daemon that keeps failing shows
         # "success" during its attempts: NRestarts tells it apart from one that simply never started.
         crashing = state.get("Result") != "success" or state.get("NRestarts", "0") != "0"
-        if state.get("ActiveState") not in ("failed", "activating", "inactive") or not crashing:
-            return ""
+        starting = state.get("ActiveState") == "activating" and state.get("SubState") == "start"
+        if state.get("ActiveState") not in ("failed", "activating", "inactive") or not (crashing or starting):
+            return ""  # (a first start still under way says why it waits: a locked store, say)
         # its own lines only: systemd's about the restarts would push the reason out of the tail
         tail = subprocess.run(["journalctl", "--user", "--identifier=babysitd", "-n", "5", "-o", "cat", "--no-pager"],
                               capture_output=True, text=True, timeout=10).stdout.strip()

@@ -22,6 +22,8 @@ class Config:
     mem_budget_bytes: int | None = None  # an absolute ceiling as well (a size: "8G")
     cpu_budget_cores: float | None = None
     recheck_s: float = 5.0  # the queue is re-checked this often too, for memory freed outside babysit
+    max_live_tasks: float = 2000  # queued and running tasks together; `run` refuses more (QueueFull)
+    reconcile_s: float = 30.0  # running tasks are checked against their units this often (a missed end signal)
     tolerance_s: float = 30.0  # 2x an estimate for this long stops a task
     pressure_free_pct: float = 5.0  # free memory below this share of RAM is host pressure...
     pressure_free_bytes: int | None = None  # ...or below this many bytes, when set

@@ -35,6 +35,15 @@ def check(point: str, subject: str = "", once: bool = False) -> None:
     raise InjectedFault(f"fault point {point} fired" + (f" for {subject}" if subject else ""))
 
 
+def armed(point: str, subject: str = "") -> bool:
+    """Whether `point` is armed (for `subject`), for a fault that is not an exception (a lost signal)."""
+    try:
+        check(point, subject)
+    except InjectedFault:
+        return True
+    return False
+
+
 def crash(point: str, subject: str = "") -> None:
     """End babysitd at once, as a crash would, when the `once` point is armed (for `subject`)."""
     with contextlib.suppress(InjectedFault):

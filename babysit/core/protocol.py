@@ -120,9 +120,24 @@ class NotRunning(BabysitError):
     dbus_name = "org.babysit.Error.NotRunning"
 
 
+class QueueFull(BabysitError):
+    """As many tasks are queued or running as babysit keeps (config max_live_tasks)."""
+
+    dbus_name = "org.babysit.Error.QueueFull"
+
+
+class StoreUnavailable(BabysitError):
+    """babysit's store takes no writes for now (a full disk, an I/O error); the message says why. Results
+    are kept and written once it does: a new task must wait until then."""
+
+    dbus_name = "org.babysit.Error.StoreUnavailable"
+    exit_code = ExitCode.NEGATIVE
+
+
 ERRORS: dict[str, type[BabysitError]] = {
     cls.dbus_name: cls
-    for cls in (InvalidArgument, NameInUse, NoSuchTask, ExceedsCap, CapacityExceeded, CapsUnavailable, NotRunning)
+    for cls in (InvalidArgument, NameInUse, NoSuchTask, ExceedsCap, CapacityExceeded, CapsUnavailable, NotRunning,
+                QueueFull, StoreUnavailable)
 }
 
 

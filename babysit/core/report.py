@@ -69,6 +69,17 @@ def status(task: Task, now: float) -> dict[str, Any]:
     } | ({"output_file": task.job.output} if task.job else {})
 
 
+LISTED_COMMAND_CHARS = 1024  # a List reply of the most tasks stays a few MB (D-Bus arrays end at 64 MiB)
+
+
+def listed(task: Task, now: float) -> dict[str, Any]:
+    """A run's record in `List`: its status, with a long command cut short (`Status` has all of it)."""
+    record = status(task, now)
+    if len(task.spec.command) > LISTED_COMMAND_CHARS:
+        record["command"] = task.spec.command[:LISTED_COMMAND_CHARS] + "…"
+    return record
+
+
 def risk_event(task: Task, dim: str, actual: float, estimate: float, ratio: float, at: float) -> dict[str, Any]:
     """A runaway_risk event as `wait` prints it."""
     return {"event": "runaway_risk", "name": task.name, "dim": dim, "actual": actual, "estimate": estimate,

@@ -13,7 +13,11 @@ from babysit.core.quantities import format_size, parse_duration, parse_size
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-GiB = 1 << 30
+KiB, GiB = 1 << 10, 1 << 30
+# What one task may carry: every queued task is held in babysitd's memory with its command and environment,
+# so these and config max_live_tasks bound it (tests/integration/test_load.py starts the largest store).
+MAX_COMMAND_BYTES = 32 * KiB  # a longer script belongs in a file that the command runs
+MAX_ENV_BYTES = 96 * KiB  # the caller's whole environment, names and values
 DEFAULT_TIME_S = 600.0
 DEFAULT_OBSERVABILITY_S = 300.0
 DEFAULT_MEM_PCT = 40.0
@@ -124,10 +128,15 @@ def _number(wire: Mapping[str, Any], key: str, low: float, high: float) -> float
 
 
 def clean_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The caller's environment as a unit can take it: valid names, no systemd-owned variables."""
+    """The caller's environment as a unit can take it: valid names, no systemd-owned variables, not too big."""
     bad = [k for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str) or not ENV_NAME.fullmatch(k)]
     if bad:
         raise InvalidArgument(f"invalid environment variable names: {', '.join(map(repr, bad[:5]))}")
+    size = sum(len(k.encode()) + len(v.encode(errors="replace")) + 2 for k, v in env.items())
+    if size > MAX_ENV_BYTES:
+        largest = sorted(env, key=lambda k: len(env[k]), reverse=True)[:3]
+        raise InvalidArgument(f"the environment is {size} bytes, more than babysit takes ({MAX_ENV_BYTES}); the "
+                              f"largest variables: {', '.join(largest)} (unset what the task does not need)")
     return {k: v for k, v in env.items() if k not in SYSTEMD_ENV and "\0" not in v}
 
 
@@ -149,6 +158,9 @@ def spec_from_wire(wire: Mapping[str, Any], host: Host) -> TaskSpec:
     cwd = _get(wire, "cwd", (str,), "~")
     if cwd != "~" and (not cwd.startswith("/") or "\0" in cwd):
         raise InvalidArgument(f"cwd must be an absolute path, not {cwd!r}")
+    if len(command.encode()) > MAX_COMMAND_BYTES:
+        raise InvalidArgument(f"command is {len(command.encode())} bytes, more than babysit takes "
+                              f"({MAX_COMMAND_BYTES}): put the script in a file and run that")
     env = _get(wire, "env", (dict,), {})
     mem_pct = _number(wire, "mem_pct_limit", 0, 100) or DEFAULT_MEM_PCT
     cpu_pct = _number(wire, "cpu_pct_limit", 0, 100) or DEFAULT_CPU_PCT

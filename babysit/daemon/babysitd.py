@@ -80,6 +80,9 @@ class Babysitd:
         """The current record of a live run."""
         return self.ledger.by_id(task_id)
 
+    def running(self) -> list[Task]:
+        return self.ledger.running()
+
     def started(self, task_id: int, at: float) -> None:
         """A run left the executor's own queue."""
         task = self.ledger.by_id(task_id)

@@ -44,7 +44,10 @@ class Endings:
         self.ledger.forget(task)
 
     def prune(self) -> None:
-        """Keep the history bounded (config history_max_runs and history_max_days)."""
+        """Keep the history bounded (config history_max_runs and history_max_days); not while the store takes
+        no writes (the next end prunes instead)."""
+        if self.ledger.pending:
+            return
         self.since_prune = 0
         gone = self.ledger.store.prune(int(self.config.history_max_runs), self.config.history_max_days * 86400,
                                        time.time())

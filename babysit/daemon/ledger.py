@@ -1,18 +1,28 @@
 """The live tasks by name: queued, running, and finished ones their executor has not let go of yet.
 
 Every change is stored first and published after (to the D-Bus face), so what a client sees has been
-stored. Only this class holds the publisher.
+stored. Only this class holds the publisher, and only this class writes to the store.
+
+When the store takes no writes (a full disk, an I/O error), changes are kept in memory in their order
+and written once it does (`retry`): waiters still get their results, supervision goes on, and `ping`
+and `status` say so. A new task is refused meanwhile (StoreUnavailable), since it could not be recorded.
 """
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from babysit.core.protocol import NoSuchTask, NotRunning, State
-from babysit.core.task import Task
+from babysit.core.protocol import NoSuchTask, NotRunning, State, StoreUnavailable
+from babysit.core.task import Caps, Task, TaskSpec
 from babysit.core.timeline import Timeline
-from babysit.daemon.store import Store
+from babysit.daemon.store import Store, is_damage, unavailable_because
+
+log = logging.getLogger("babysitd")
+Write = Callable[[Store], object]
 
 
 class Publisher(Protocol):
@@ -29,6 +39,9 @@ class Ledger:
         self.store = db
         self.publisher: Publisher | None = None  # none until the D-Bus face is made
         self.tasks: dict[str, Task] = {t.name: t for t in db.live()}
+        self.pending: list[Write] = []  # changes the store did not take yet, in order
+        self.unstored: dict[str, Task] = {}  # finished runs whose end is among them, by name
+        self.unwritable = ""  # why the store takes no writes, while it does not
 
     def by_id(self, task_id: int) -> Task | None:
         return next((t for t in self.tasks.values() if t.id == task_id), None)
@@ -42,7 +55,7 @@ class Ledger:
 
     def latest(self, name: str) -> Task:
         """A name's live run, or else its last finished one."""
-        task = self.tasks.get(name) or self.store.latest(name)
+        task = self.tasks.get(name) or self.unstored.get(name) or self.store.latest(name)
         if task is None:
             raise NoSuchTask(f"no task named {name!r}")
         return task
@@ -54,10 +67,54 @@ class Ledger:
         return task
 
     def save(self, task: Task, detail: str = "", timeline: Timeline | None = None) -> Task:
-        """Store a change of the task's record, then publish it."""
-        self.store.save(task, time.time(), detail, timeline)
+        """Store a change of the task's record (or keep it, while the store takes no writes), then publish it."""
+        at = time.time()
+        self.write(lambda db: db.save(task, at, detail, timeline))
         self.track(task)  # a finished one stays until its executor let go of it
         return task
+
+    def add(self, spec: TaskSpec, caps: Caps) -> Task:
+        """A new run's record: it needs its id from the store, so it waits for none of the writes before it."""
+        self.retry()
+        if self.pending:
+            raise StoreUnavailable(f"{self.unwritable}; the task is not started (try again once there is room)")
+        try:
+            task = self.store.add(spec, caps, time.time())
+        except sqlite3.OperationalError as e:
+            self.unwritable = unavailable_because(self.store.path, e)
+            raise StoreUnavailable(f"{self.unwritable}; the task is not started (try again once there is room)") from e
+        self.track(task)
+        return task
+
+    def write(self, change: Write) -> None:
+        """Apply a change to the store, or keep it, after those kept before it, until the store takes writes."""
+        if not self.pending:
+            try:
+                change(self.store)
+                return
+            except sqlite3.OperationalError as e:
+                if is_damage(e):
+                    raise
+                self.unwritable = unavailable_because(self.store.path, e)
+                log.warning("%s: babysit keeps its changes in memory and writes them once it can", self.unwritable)
+        self.pending.append(change)
+
+    def retry(self) -> None:
+        """Write what was kept, in order, as far as the store takes it now."""
+        while self.pending:
+            try:
+                self.pending[0](self.store)
+            except sqlite3.OperationalError as e:
+                if is_damage(e):
+                    raise
+                return  # still no room: the next try
+            except sqlite3.Error:  # a change that can never be written must not hold up the rest
+                log.exception("a change kept for the store cannot be written; it is dropped")
+            self.pending.pop(0)
+        if self.unwritable:
+            log.info("the store takes writes again: every change kept meanwhile is written")
+            self.unwritable = ""
+            self.unstored.clear()
 
     def track(self, task: Task) -> None:
         """Keep and publish a task as it is now: one just stored, or figures that are not stored (usage)."""
@@ -67,6 +124,8 @@ class Ledger:
     def forget(self, task: Task) -> None:
         """A finished task its executor has let go of: its name is free again."""
         self.tasks.pop(task.name, None)
+        if self.pending:  # its end is not stored yet: status and wait still find it here
+            self.unstored[task.name] = task
         if self.publisher:
             self.publisher.task_finished(task)
 
@@ -74,12 +133,19 @@ class Ledger:
         if self.publisher:
             self.publisher.task_changed(task)
 
+    def add_event(self, task: Task, kind: str, data: dict[str, Any]) -> None:
+        at = time.time()
+        self.write(lambda db: db.add_event(task, kind, data, at))
+
+    def save_timeline(self, task: Task, timeline: Timeline) -> None:
+        self.write(lambda db: db.save_timeline(task, timeline))
+
     def capacity_changed(self) -> None:
         if self.publisher:
             self.publisher.capacity_changed()
 
     def runaway_risk(self, task: Task, event: dict[str, Any]) -> None:
         """Kept with the run's events, and signalled to whoever waits."""
-        self.store.add_event(task, "runaway_risk", {k: v for k, v in event.items() if k != "event"}, time.time())
+        self.add_event(task, "runaway_risk", {k: v for k, v in event.items() if k != "event"})
         if self.publisher:
             self.publisher.runaway_risk(task, event)

@@ -10,6 +10,7 @@ import logging
 import resource
 import signal
 import time
+from pathlib import Path
 
 from dbus_fast.aio import MessageBus
 
@@ -22,6 +23,8 @@ from babysit.daemon.service import BusService
 from babysit.executors.base import Executor
 
 log = logging.getLogger("babysitd")
+STORE_RETRY_FIRST_S = 0.5  # a store that cannot be opened yet is tried again after this, then twice as long...
+STORE_RETRY_MAX_S = 5.0  # ...up to this
 
 
 class SupervisionEnded(Exception):
@@ -41,6 +44,19 @@ async def open_executor(bus: MessageBus, settings: config.Config) -> Executor:
     return await SystemdExecutor.connect(Systemd(bus), settings, state_dir)
 
 
+async def open_store(path: Path) -> tuple[store.Store, str | None]:
+    """The store, waiting while it is only unavailable (locked, a full or failing disk): its queue and history
+    are never discarded for that. The reason is logged, where `babysit` shows it to a caller kept waiting."""
+    pause = STORE_RETRY_FIRST_S
+    while True:
+        try:
+            return store.open_or_replace(path, time.time())
+        except store.Unavailable as e:
+            log.warning("%s; trying again in %.1fs (nothing in it is discarded)", e, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, STORE_RETRY_MAX_S)
+
+
 async def serve() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     # a few cgroup files stay open per running task (cgroup.CgroupFiles): the usual soft limit of 1024
@@ -49,7 +65,7 @@ async def serve() -> None:
     bus = await session_bus.connect()
     settings = config.load()
     executor = await open_executor(bus, settings)
-    db, damaged = store.open_or_replace(store.default_path(), time.time())
+    db, damaged = await open_store(store.default_path())
     daemon = Babysitd(executor, db, settings, [damaged] if damaged else [])
     scheduler = daemon.scheduler
     for warning in scheduler.warnings:

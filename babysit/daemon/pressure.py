@@ -47,8 +47,8 @@ class Pressure:
                 log.warning("host memory pressure from outside babysit (%d bytes short); nothing stopped",
                             verdict.shortfall_bytes)
                 for task in running:
-                    self.ledger.store.add_event(task, "external_pressure", {"name": task.name, "at": report.timestamp(
-                        time.time()), "shortfall_bytes": verdict.shortfall_bytes}, time.time())
+                    self.ledger.add_event(task, "external_pressure", {"name": task.name, "at": report.timestamp(
+                        time.time()), "shortfall_bytes": verdict.shortfall_bytes})
             self.external = True
             return
         self.external = False

@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from babysit import __version__
+from babysit.common import failpoints
 from babysit.common.background import Background
 from babysit.common.config import Config
 from babysit.core import history, report
 from babysit.core.capacity import refusal, requested_room, room, shortfall
-from babysit.core.protocol import CapacityExceeded, CapsUnavailable, InvalidArgument, KillReason, NameInUse, State
+from babysit.core.protocol import (
+    CapacityExceeded, CapsUnavailable, InvalidArgument, KillReason, NameInUse, QueueFull, State,
+)
 from babysit.core.quantities import format_duration
 from babysit.core.task import (
     RUNTIME_BACKSTOP_MARGIN_S,
@@ -42,6 +45,8 @@ from babysit.daemon.supervisor import Supervisor
 from babysit.executors.base import Executor, StartRefused
 
 log = logging.getLogger("babysitd")
+LIST_ALL_MAX = 1000  # `List(all)`: the newest runs, live ones included (a reply of a few MB at most)
+HISTORY_MAX = 1000  # `History`: at most this many runs, whatever limit is asked
 
 
 class Scheduler:
@@ -74,13 +79,15 @@ class Scheduler:
             if earlier:
                 log.info("Run of %s retried by its client: request %s was already taken", spec.name, spec.request_id)
                 return earlier.name
+            if len(self.ledger.tasks) >= self.config.max_live_tasks:
+                raise QueueFull(f"{len(self.ledger.tasks)} tasks are queued or running, as many as babysit keeps "
+                                f"(max_live_tasks); wait for some to end, or kill queued ones")
             decision = self.admission.decide(spec.estimates.mem_bytes, spec.estimates.cpu_cores)
             if not decision.admit and not force:
                 if spec.name in self.ledger.tasks:  # a live name is the first thing to fix
                     raise NameInUse.of(spec.name)
                 raise CapacityExceeded(json.dumps(refusal(spec.name, decision, spec.estimates_from)))
-            task = self.ledger.store.add(spec, caps, time.time())
-            self.ledger.track(task)
+            task = self.ledger.add(spec, caps)
             if self.admission.hands_over(decision):
                 await self.spawn(task)
             else:
@@ -130,7 +137,8 @@ class Scheduler:
                          batch: int = 50) -> AsyncIterator[list[tuple[Task, dict[str, Any]]]]:
         """Tasks with what `describe` adds, in batches, letting other clients in between: a long history is
         a long reply."""
-        batches = self.ledger.store.history(batch) if include_terminal else [list(self.ledger.tasks.values())]
+        batches = (self.ledger.store.history(batch, newest=LIST_ALL_MAX) if include_terminal
+                   else [list(self.ledger.tasks.values())])
         for tasks in batches:
             yield self.describe(tasks)
             await asyncio.sleep(0)
@@ -167,7 +175,9 @@ class Scheduler:
 
     @property
     def warnings(self) -> list[str]:
-        return self.executor.caps_missing + self.advice
+        unwritable = [f"{self.ledger.unwritable}: results are kept in memory until the store takes writes again, "
+                      "and no new task starts meanwhile"] if self.ledger.unwritable else []
+        return self.executor.caps_missing + unwritable + self.advice
 
     def capacity(self) -> dict[str, Any]:
         return self.admission.report(self.warnings)
@@ -176,7 +186,8 @@ class Scheduler:
         """The newest `limit` finished runs of a name ("" for every name), oldest first."""
         if name:
             validate_name(name)
-        return [report.history_entry(run) for run in self.ledger.store.finished(name or None, limit)]
+        return [report.history_entry(run)
+                for run in self.ledger.store.finished(name or None, min(limit, HISTORY_MAX))]
 
     def estimate(self, wire: Mapping[str, Any]) -> dict[str, Any]:
         """The estimates `run` would use for this spec, and where they come from; nothing is run."""
@@ -188,6 +199,7 @@ class Scheduler:
         """Hand queued tasks to the executor in submission order while the first of them fits (none
         overtakes another); an executor with its own queue (Slurm) takes every one at once."""
         async with self._deciding:
+            failpoints.check("drain", once=True)
             for task in self.ledger.queue():
                 if not task.in_babysits_queue:  # its executor's own queue holds it (a pending Slurm job)
                     continue
@@ -212,7 +224,10 @@ class Scheduler:
         while True:
             await asyncio.sleep(self.config.recheck_s)
             if self.ledger.queue():
-                await self.drain()
+                try:
+                    await self.drain()
+                except Exception:  # the next re-check, or the next end, drains again
+                    log.exception("error while draining the queue; trying again later")
 
     # --- a task's way in and out ----------------------------------------------------------------------
 

@@ -92,7 +92,7 @@ def bus_errors() -> Iterator[None]:
 
 
 class Records:
-    """Tasks' records (`report.status`) as Variants; a queued task's is made once.
+    """Tasks' records in `List` (`report.listed`) as Variants; a queued task's is made once.
 
     While a task waits its record does not change (its place in the queue is not part of it), and a
     List of a long queue would otherwise rebuild tens of thousands of Variants each time.
@@ -103,10 +103,10 @@ class Records:
 
     def of(self, task: Task, now: float) -> dict[str, Variant]:
         if task.state != State.QUEUED:
-            return to_dict(report.status(task, now))
+            return to_dict(report.listed(task, now))
         kept = self.queued.get(task.id)
         if kept is None or kept[0] is not task:
-            kept = self.queued[task.id] = (task, to_dict(report.status(task, now)))
+            kept = self.queued[task.id] = (task, to_dict(report.listed(task, now)))
         return kept[1]
 
     def changed(self, task: Task) -> None:
@@ -304,6 +304,11 @@ class BusService:
         now = time.time()
         for task in finished:
             self.interface.TaskFinished(task.name, to_dict(report.result(task, now)))
+            current = self.objects.get(task.name)
+            if current and current.task.id == task.id:  # (not if a new run of the name has it already)
+                # its last PropertiesChanged went out above; Status still answers for the finished run
+                self.bus.unexport(task_path(task.name), current)
+                del self.objects[task.name]
             if self.notify_ends:
                 self.background.run(self.notify(task), f"notifying the end of {task.name}")
         if self.capacity_stale:

@@ -106,38 +106,103 @@ def rowid(cursor: sqlite3.Cursor) -> int:
     return cursor.lastrowid
 
 
-def open_or_replace(path: Path, now: float) -> tuple[Store, str | None]:
+class Damaged(sqlite3.DatabaseError):
+    """The file is not a usable database: SQLite's integrity check failed."""
+
+
+class Unavailable(Exception):
+    """The store cannot be opened for now (locked by another process, a full disk, an I/O error); the message
+    says why. Nothing is discarded for it: the caller tries again."""
+
+
+def is_damage(error: sqlite3.DatabaseError) -> bool:
+    """Whether an error means the file itself is broken, rather than busy, or its disk full or failing
+    ("database is locked", "disk I/O error" and "database or disk is full" are DatabaseErrors too)."""
+    name = getattr(error, "sqlite_errorname", None) or ""
+    return isinstance(error, Damaged) or name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
+def lock_holders(path: Path) -> list[int]:
+    """The processes that hold a lock on the database or its WAL files (from /proc/locks), this one aside."""
+    inodes = set()
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            found = os.stat(f"{path}{suffix}")
+        except OSError:
+            continue
+        inodes.add((os.major(found.st_dev), os.minor(found.st_dev), found.st_ino))
+    holders = set()
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 6 or parts[1] == "->" or not parts[4].isdigit():
+            continue
+        major, minor, inode = parts[5].split(":")
+        if (int(major, 16), int(minor, 16), int(inode)) in inodes and int(parts[4]) != os.getpid():
+            holders.add(int(parts[4]))
+    return sorted(holders)
+
+
+def unavailable_because(path: Path, error: sqlite3.DatabaseError) -> str:
+    """What keeps the store from opening, in words a user can act on."""
+    name = getattr(error, "sqlite_errorname", None) or ""
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        holders = lock_holders(path)
+        named = ", ".join(f"PID {pid} ({process_name(pid)})" for pid in holders)
+        return f"the store {path} is locked by {named or 'another process'}"
+    if name.startswith("SQLITE_FULL"):
+        return f"no space left under {path.parent} for the store"
+    if name.startswith("SQLITE_IOERR"):
+        return f"a disk I/O error under {path.parent} ({error})"
+    return f"the store {path} cannot be opened: {error}"
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def open_or_replace(path: Path, now: float, busy_timeout_s: float = 5.0) -> tuple[Store, str | None]:
     """The store at `path`; a damaged one is moved aside (kept) and replaced by a fresh one, with a warning.
 
     A supervisor that cannot read its records must still supervise: the tasks are systemd units, and
-    babysitd takes up the ones still running from their unit Descriptions.
+    babysitd takes up the ones still running from their unit Descriptions. A store that is only locked,
+    or on a full or failing disk, is not damaged: Unavailable says why, and nothing is moved.
     """
     try:
-        return Store(path), None
+        return Store(path, busy_timeout_s), None
     except sqlite3.DatabaseError as e:
+        if not is_damage(e):
+            raise Unavailable(unavailable_because(path, e)) from e
         stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
         aside = path.with_name(f"{path.name}.damaged-{stamp}")
         for suffix in ("", "-wal", "-shm"):
             if Path(f"{path}{suffix}").exists():
                 os.replace(f"{path}{suffix}", f"{aside}{suffix}")
-        return Store(path), (f"the state database was damaged ({e}) and was moved aside to {aside}; babysit "
-                             "started a fresh one: earlier runs are not in the history, and running tasks were "
-                             "taken up again from systemd")
+        return Store(path, busy_timeout_s), (
+            f"the state database was damaged ({e}) and was moved aside to {aside}; babysit started a fresh one: "
+            "earlier runs are not in the history, and running tasks were taken up again from systemd")
 
 
 class Store:
     """One SQLite database; every write is one transaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s)
         try:
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             (check,) = self.db.execute("PRAGMA quick_check").fetchone()
             if check != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check}")
+                raise Damaged(f"quick_check: {check}")
             self.db.executescript(SCHEMA)
             if "job" not in {column["name"] for column in self.db.execute("PRAGMA table_info(tasks)")}:
                 self.db.execute("ALTER TABLE tasks ADD COLUMN job TEXT")  # a database from before executors
@@ -221,12 +286,13 @@ class Store:
 
     def live(self) -> list[Task]:
         """Queued and running runs, in submission order."""
-        rows = self.db.execute(f"SELECT * FROM tasks WHERE state IN {LIVE} ORDER BY id").fetchall()
-        return [_task(r) for r in rows]
+        # row by row: the rows' text and the tasks made of it are never all in memory at once
+        return [_task(r) for r in self.db.execute(f"SELECT * FROM tasks WHERE state IN {LIVE} ORDER BY id")]
 
-    def history(self, batch: int = 100) -> Iterator[list[Task]]:
-        """Every run, oldest first, `batch` at a time."""
-        rows = self.db.execute("SELECT * FROM tasks ORDER BY id").fetchall()  # no statement left open meanwhile
+    def history(self, batch: int = 100, newest: int = -1) -> Iterator[list[Task]]:
+        """Every run (or the `newest`), oldest first, `batch` at a time."""
+        rows = self.db.execute("SELECT * FROM (SELECT * FROM tasks ORDER BY id DESC LIMIT ?) ORDER BY id",
+                               (newest,)).fetchall()  # all read at once: no statement left open meanwhile
         for start in range(0, len(rows), batch):
             yield [_task(r) for r in rows[start:start + batch]]
 

@@ -79,6 +79,10 @@ class Supervisor:
         while True:
             await asyncio.sleep(self.config.tick_s)
             failpoints.check("sample_loop", once=True)
+            try:
+                self.ledger.retry()  # the changes kept while the store took no writes, if any
+            except Exception:
+                log.exception("error while writing the changes kept for the store; trying again next tick")
             now = time.monotonic()
             free, threshold = self.executor.capacity().free_mem_bytes, self.pressure.threshold()
             pressure = self.executor.pressure_applies and free < threshold  # then every figure must be fresh
@@ -93,7 +97,11 @@ class Supervisor:
                             task.usage.mem_bytes, task.usage.cpu_cores, task.spec.estimates, self.config.tick_s,
                             self.config.tolerance_s) - self.config.tick_s / 2  # due on the tick nearest to it
             if self.executor.pressure_applies:
-                await self.pressure.check(free, threshold)
+                try:
+                    failpoints.check("pressure_check", once=True)
+                    await self.pressure.check(free, threshold)
+                except Exception:  # the next tick looks again; sampling goes on meanwhile
+                    log.exception("error while looking at host memory pressure; the tasks are still watched")
 
     def sample_now(self, task_id: int) -> None:
         """Read a run's usage at once (the kernel's OOM notice: the cgroup still holds what it had at the limit)."""
@@ -139,7 +147,7 @@ class Supervisor:
         last_output_s = watch.last_output_at - task.started_at if watch.last_output_at > task.started_at else None
         watch.timeline = watch.timeline.add(at_s, mem_bytes, cpu_cores, last_output_s)
         if new_point and time.monotonic() - watch.timeline_saved_at >= TIMELINE_SAVE_S:
-            self.ledger.store.save_timeline(task, watch.timeline)
+            self.ledger.save_timeline(task, watch.timeline)
             watch.timeline_saved_at = time.monotonic()
 
     async def police(self, task: Task, watch: Watch) -> None:

@@ -55,6 +55,9 @@ class RunEvents(Protocol):
     def task(self, task_id: int) -> Task | None:
         """The current record of a live run."""
 
+    def running(self) -> list[Task]:
+        """The runs babysit's records say are running (to check against what the executor knows)."""
+
     def started(self, task_id: int, at: float) -> None:
         """A run that waited in the executor's own queue has started."""
 

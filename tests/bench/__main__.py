@@ -30,10 +30,11 @@ from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface, dbus_method
 
 from babysit.cli.client import Client
+from babysit.common.config import Config
 from babysit.common import bus as session_bus
 from babysit.core.protocol import BUS_NAME, SCHEDULER_INTERFACE, SCHEDULER_PATH, State, unit_name
 from babysit.executors.systemd.manager import Systemd
-from tests.integration.conftest import BIN, TINY, UnitSignals, daemon_pid, ended, run_spec
+from tests.integration.conftest import BIN, TINY, UnitSignals, daemon_pid, ended, restart_daemon, run_spec
 
 BABYSIT = str(BIN / "babysit")
 BENCH = {**TINY, "estimated_mem_bytes": "8M", "estimated_time": "10m"}  # outlives the daemon-cost window
@@ -248,6 +249,32 @@ async def daemon_cost(client: Client, seconds: float, tasks: int) -> list[Row]:
     return [
         Row(f"babysitd CPU, {tasks} tasks for {seconds:.0f} s", busy_cpu, idle_cpu, "idle, no task", "s"),
         Row(f"babysitd RSS, {tasks} tasks", busy_rss, idle_rss, "idle, no task", "MiB"),
+    ]
+
+
+def largest_store(work: Path) -> list[Row]:
+    """babysitd started on the largest store babysit allows (max_live_tasks queued tasks, each with the
+    longest command and the largest environment), against the same daemon started on an empty one."""
+    from tests.integration.test_bounds import fill_store
+
+    def started_on(state: Path) -> tuple[float, float]:
+        subprocess.run(["systemctl", "--user", "set-environment", f"XDG_STATE_HOME={state}"], check=True)
+        try:
+            begun = time.monotonic()
+            restart_daemon()
+            return time.monotonic() - begun, daemon_usage()[1]
+        finally:
+            subprocess.run(["systemctl", "--user", "unset-environment", "XDG_STATE_HOME"], check=True)
+
+    most = int(Config().max_live_tasks)
+    fill_store(work / "largest" / "babysit" / "babysit.sqlite3", most)
+    empty_s, empty_rss = started_on(work / "empty")
+    full_s, full_rss = started_on(work / "largest")
+    restart_daemon()  # on the usual store again
+    return [
+        Row(f"babysitd RSS at start, the largest store ({most} queued, 32 KiB commands, 96 KiB env)", full_rss,
+            empty_rss, "an empty store", "MiB"),
+        Row("babysitd restart -> answering, the largest store", full_s * 1000, empty_s * 1000, "an empty store"),
     ]
 
 
@@ -517,6 +544,7 @@ async def main(quick: bool, only: str | None) -> None:
         ("daemon cost", lambda: daemon_cost(client, 10 if quick else 60, 100)),
         ("flood cost", lambda: flood_cost(client, 5 if quick else 10)),
         ("scale", lambda: scale(client, 200 if quick else 1000, 1000 if quick else 10_000, 11)),
+        ("largest store", lambda: asyncio.to_thread(largest_store, Path(work.name))),
         ("peers", lambda: peers(client, 5 if quick else 15, 60 if quick else 300, 3 if quick else 8,
                                 Path(work.name))),
     ]

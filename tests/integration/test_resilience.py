@@ -4,6 +4,7 @@ while watching one task, a supervision loop that dies."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from babysit.common import failpoints
 from babysit.core.protocol import unit_name
 from babysit.daemon.store import default_path
 from tests.integration.conftest import (
+    BIN,
+    Gate,
     babysit,
     daemon_config,
     daemon_log_since,
@@ -23,6 +26,7 @@ from tests.integration.conftest import (
     restart_daemon,
     status,
 )
+from tests.unit.test_accounting import LOCKER  # holds the store exclusively locked until its stdin closes
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon")]
@@ -100,7 +104,10 @@ def fault_points(tmp_path: Path) -> Iterator[Path]:
     """babysitd restarted with fault points armed by files in a directory, and without them afterwards."""
     directory = tmp_path / "faults"
     directory.mkdir()
-    with manager_environment(failpoints.DIR_VARIABLE, str(directory)), daemon_config("tick_s = 0.25\n"):
+    # (running tasks are checked against their units every second meanwhile: no test here may see a
+    # task judged by that check that had not ended)
+    with manager_environment(failpoints.DIR_VARIABLE, str(directory)), \
+            daemon_config("tick_s = 0.25\nreconcile_s = 1\n"):
         yield directory
     restart_daemon()
 
@@ -134,3 +141,103 @@ def test_a_supervision_loop_that_dies_restarts_the_daemon(fault_points: Path, ta
     assert not (fault_points / "sample_loop").exists()
     assert "the sampling loop ended" in daemon_log_since(since)  # then exit 1, and Restart=always
     assert wait(task_name)["status"] == "completed"  # taken up by the new daemon
+
+
+def test_a_missed_end_signal_is_found_and_judged(fault_points: Path, task_name: str) -> None:
+    """Every signal of one task's unit is lost: the check against the units finds it ended, and the result is
+    the real one (its exit code, from the unit and its final accounting), not a task running for ever."""
+    since = time.time()
+    (fault_points / "lose_unit_signals").write_text(task_name)
+    run(task_name, "echo done; exit 3")
+    result = wait(task_name)
+    assert (result["status"], result["exit_code"]) == ("failed", 3), result
+    assert f"no end was heard of {task_name}" in daemon_log_since(since)
+
+
+def test_a_fault_in_any_background_step_leaves_supervision_going(fault_points: Path, task_name: str) -> None:
+    since, pid = time.time(), daemon_pid()
+    for step in ("pressure_check", "drain", "reconcile"):
+        (fault_points / step).write_text("")  # each fires once
+    run(task_name, "echo on; sleep 3")
+    wait_for(lambda: not any((fault_points / step).exists() for step in ("pressure_check", "reconcile")), 30,
+             "the pressure and reconcile faults")
+    assert wait(task_name)["status"] == "completed"
+    wait_for(lambda: not (fault_points / "drain").exists(), 30, "the drain fault (after the task's end)")
+    after = f"{task_name}-after"
+    run(after, "echo still supervised; sleep 30", "--kill_timeout=1s")
+    assert wait(after)["kill_reason"] == "timeout"
+    assert daemon_pid() == pid
+    said = daemon_log_since(since)
+    for error in ("error while looking at host memory pressure", "error while draining the queue",
+                  "error while checking the running tasks against their units"):
+        assert error in said, said
+
+
+def test_a_store_locked_across_a_start_is_waited_for_not_replaced(stopped_afterwards: str) -> None:
+    """Seen in review: a store another process held locked for 8 s at start was moved aside as damaged, and
+    the queue in it was gone. Now the start waits, says who holds the lock, and loses nothing."""
+    holder, queued = stopped_afterwards, f"{stopped_afterwards}-queued"
+    with daemon_config("cpu_budget_cores = 1\n"):  # room for one 0.6-core task: the second one queues
+        run(holder, "sleep 300", "--estimated_cpu_cores=0.6")
+        run(queued, "true", "--estimated_cpu_cores=0.6", "--force")
+        assert status(queued)["status"] == "queued"
+        subprocess.run(["systemctl", "--user", "stop", "babysitd"], check=True)
+        db = default_path()
+        set_aside = set(db.parent.glob(f"{db.name}.damaged-*"))  # an earlier test's
+        locker = subprocess.Popen([str(BIN / "python"), "-c", LOCKER, str(db)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert locker.stdout and locker.stdout.readline() == "locked\n"
+            since = time.time()
+            answer = subprocess.Popen([str(BIN / "babysit"), "status", f"--name={queued}", "--json"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            # said only once a whole busy timeout (5 s) has passed with the lock held
+            wait_for(lambda: f"locked by PID {locker.pid} " in daemon_log_since(since), 60, "the start's reason")
+            meanwhile = babysit("ping")  # a caller kept waiting is told why
+            assert meanwhile.returncode == 1 and f"locked by PID {locker.pid} " in meanwhile.stderr, meanwhile.stderr
+        finally:
+            locker.communicate("")
+        out, err = answer.communicate(timeout=60)
+        assert answer.returncode == 0, err
+        assert json.loads(out)["status"] == "queued"
+        assert status(holder)["status"] == "running"
+        assert set(db.parent.glob(f"{db.name}.damaged-*")) == set_aside, "nothing is moved aside for a lock"
+        assert "damaged" not in babysit("ping").stderr
+        babysit("kill", f"--name={queued}")
+        babysit("kill", f"--name={holder}")
+        wait(holder)
+
+
+SMALL_FS = os.environ.get("BABYSIT_TEST_SMALL_FS")  # the private session mounts it (tests/session/run.py)
+
+
+@pytest.mark.skipif(not SMALL_FS, reason="needs the private session's small filesystem: run the suite as root")
+def test_a_full_disk_loses_no_result(task_name: str, gate: Gate) -> None:
+    """The disk under the state directory fills while a task runs: its waiter still gets the task's result,
+    babysit says why the store takes no writes and starts nothing new; once there is room again, a new task
+    runs and the first one's result is in the history."""
+    assert SMALL_FS
+    small, after = Path(SMALL_FS), f"{task_name}-after"
+    filler = small / "filler"
+    with manager_environment("XDG_STATE_HOME", str(small / "state")):
+        restart_daemon()
+        try:
+            run(task_name, gate.then("echo done"))
+            wait_for(lambda: status(task_name)["status"] == "running", 30, "running")
+            full = subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True, text=True)
+            assert "No space left on device" in full.stderr, full.stderr
+            gate.open()
+            result = wait(task_name)
+            assert (result["status"], result["exit_code"]) == ("completed", 0), result
+            assert "no space left under" in babysit("ping").stderr
+            refused = babysit("run", f"--name={after}", "--command=echo after", *LIGHT)
+            assert refused.returncode == 1 and "no space left under" in refused.stderr, refused.stderr
+            filler.unlink()
+            wait_for(lambda: "no space left" not in babysit("ping").stderr, 30, "the store to take writes again")
+            run(after, "echo after")
+            assert wait(after)["status"] == "completed"
+            history = json.loads(babysit("history", f"--name={task_name}", "--json").stdout)
+            assert [(run["status"], run["exit_code"]) for run in history] == [("completed", 0)], history
+        finally:
+            filler.unlink(missing_ok=True)
+    restart_daemon()  # on the usual state directory again

@@ -47,6 +47,8 @@ SYSTEMD = "/usr/lib/systemd/systemd"
 JOURNALD = "/lib/systemd/systemd-journald"
 CHILD_PREFIX = "babysit-session-"
 CONTROL_SOCKET = "/run/systemd/babysit-session-control"
+SMALL_FS = "/run/user/babysit-test-small"  # a filesystem tests may fill (size SMALL_FS_MIB)
+SMALL_FS_MIB = 32
 EXIT_USAGE = 2
 EXIT_HOST_DIRTY = 3
 EXIT_TIMEOUT = 124
@@ -514,6 +516,11 @@ def run_inner(config: dict) -> int:
     os.chown(runtime, user.pw_uid, user.pw_gid)
     env = user_env(user, runtime)
     env["BABYSIT_SESSION_CONTROL"] = CONTROL_SOCKET  # lets tests restart journald, as an administrator would
+    # a small filesystem of the user's, for tests that fill a disk (in /run/user: a tmpfs of the runner's own)
+    Path(SMALL_FS).mkdir()
+    mount("tmpfs", SMALL_FS, f"size={SMALL_FS_MIB}m,mode=700")
+    os.chown(SMALL_FS, user.pw_uid, user.pw_gid)
+    env["BABYSIT_TEST_SMALL_FS"] = SMALL_FS
     serve_control(CONTROL_SOCKET, user.pw_uid, user.pw_gid, journald)
     manager = start_in(manager_cgroup, as_user(user, [SYSTEMD, "--user"]), env=env, cwd="/")
     wait_until(Path(runtime, "bus").exists, 20, "the session bus socket")

@@ -6,6 +6,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,52 @@ def test_a_healthy_database_is_kept(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.DatabaseError):
         path.write_bytes(b"garbage" * 1000)
         store.Store(path)
+
+
+LOCKER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA locking_mode=EXCLUSIVE")
+db.execute("BEGIN EXCLUSIVE")
+db.execute("UPDATE tasks SET usage = usage")
+print("locked", flush=True)
+sys.stdin.read()
+db.execute("COMMIT")
+"""
+
+
+def test_a_locked_database_is_not_damaged(tmp_path: Path) -> None:
+    """Seen in review: a store another process held locked at start was moved aside, its queue lost."""
+    path = tmp_path / "babysit.sqlite3"
+    db = store.Store(path)
+    queued = db.add(make_spec("queued"), make_task().caps, 1.0)
+    db.close()
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout and locker.stdout.readline() == "locked\n"
+        with pytest.raises(store.Unavailable, match=f"locked by PID {locker.pid} "):
+            store.open_or_replace(path, 0.0, busy_timeout_s=0.2)
+    finally:
+        locker.communicate("")
+    assert not list(tmp_path.glob("*.damaged-*")), "nothing is moved aside for a lock"
+    reopened, warning = store.open_or_replace(path, 1.0)
+    assert warning is None and reopened.live() == [queued]
+    reopened.close()
+
+
+def test_only_corruption_counts_as_damage() -> None:
+    def error(name: str) -> sqlite3.DatabaseError:
+        e = sqlite3.OperationalError(name)
+        e.sqlite_errorname = name  # type: ignore[attr-defined]
+        return e
+
+    assert store.is_damage(error("SQLITE_CORRUPT")) and store.is_damage(error("SQLITE_NOTADB"))
+    assert store.is_damage(store.Damaged("quick_check: row 3 missing from index"))
+    for transient in ("SQLITE_BUSY", "SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_CANTOPEN"):
+        assert not store.is_damage(error(transient)), transient
+    assert "no space left under /state" in store.unavailable_because(Path("/state/babysit.sqlite3"),
+                                                                    error("SQLITE_FULL"))
 
 
 def test_failpoints_are_off_unless_armed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -168,3 +168,11 @@ def test_a_history_entry_has_the_protocols_keys_in_order() -> None:
     assert entry["run_id"] == 7 and entry["status"] == "killed" and entry["kill_reason"] == "timeout"
     assert entry["elapsed_s"] == 12.346 and entry["p95_cpu_cores"] == 1.235
     assert entry["submitted_at"] == "1970-01-01T00:00:00.000+00:00" and entry["cwd"] == "/data"
+
+
+def test_a_listed_record_cuts_a_long_command_short() -> None:
+    spec = spec_from_wire({"name": "long", "command": "x" * 5000}, HOST)
+    task = Task(1, spec, derive_caps(spec, HOST), State.QUEUED, 0.0)
+    listed = report.listed(task, 0.0)
+    assert listed["command"] == "x" * report.LISTED_COMMAND_CHARS + "…"
+    assert report.status(task, 0.0)["command"] == "x" * 5000

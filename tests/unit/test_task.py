@@ -87,3 +87,14 @@ def test_task_output_is_line_buffered_unless_asked_not_to() -> None:
     assert unit_command(exec_start(line, "/usr/bin/stdbuf")[1]) == unit_command(exec_start(plain, None)[1]) == "echo $HOME"
     with pytest.raises(InvalidArgument, match="buffering must be one of line, default"):
         spec(buffering="full")
+
+
+def test_a_task_carries_a_bounded_command_and_environment() -> None:
+    from babysit.core.task import MAX_COMMAND_BYTES, MAX_ENV_BYTES
+
+    host = Host(mem_bytes=8 * GiB, cores=4.0)
+    spec_from_wire({"name": "a", "command": "x" * MAX_COMMAND_BYTES, "env": {"V": "v" * (MAX_ENV_BYTES - 3)}}, host)
+    with pytest.raises(InvalidArgument, match="put the script in a file"):
+        spec_from_wire({"name": "a", "command": "x" * (MAX_COMMAND_BYTES + 1)}, host)
+    with pytest.raises(InvalidArgument, match="largest variables: BIG, V"):
+        spec_from_wire({"name": "a", "command": "true", "env": {"V": "v" * 100, "BIG": "b" * MAX_ENV_BYTES}}, host)

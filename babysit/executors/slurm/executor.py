@@ -212,6 +212,8 @@ class SlurmExecutor:
                 await self.refresh_room()
             except SlurmError as e:  # a controller that is down for a moment must not end the supervision
                 log.warning("asking Slurm failed (%s); asking again in %.1fs", e, self.config.tick_s)
+            except Exception:  # nor does anything else: the next round asks again
+                log.exception("error while following the jobs; asking again in %.1fs", self.config.tick_s)
 
     async def refresh_room(self) -> None:
         nodes = await self.slurm.nodes(self.config.slurm_partition or None)

@@ -7,6 +7,7 @@ is read from the units' cgroups when the daemon asks, and output times from jour
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from dbus_fast.errors import DBusError
 
+from babysit.common import failpoints
 from babysit.common.config import Config
 from babysit.common.host import free_mem_bytes, read_host
 from babysit.core.outcome import has_ended
@@ -23,7 +25,7 @@ from babysit.core.task import Caps, Outcome, Task
 from babysit.executors.base import Capacity, Orphan, Reading, RunEvents, StartRefused
 from babysit.executors.systemd import accounting, journal
 from babysit.executors.systemd.cgroup import Layout, missing_controllers, read_sample
-from babysit.executors.systemd.ends import UnitEnds, UnitWatch
+from babysit.executors.systemd.ends import ACTIVE_STATES, UnitEnds, UnitWatch
 from babysit.executors.systemd.manager import UNIT, Systemd
 from babysit.executors.systemd.unit import (
     USEC,
@@ -56,6 +58,7 @@ class SystemdExecutor:
         self.record_script = accounting.install_script(ends_dir)
         self.stdbuf = shutil.which("stdbuf")  # coreutils: line-buffered output for native loggers
         self.output = journal.LastOutput()
+        self.not_active: set[int] = set()  # running tasks whose unit the last reconcile() found not active
         if not self.stdbuf:
             self.advice.append("coreutils' stdbuf is missing, so the output of C/C++ programs in tasks stays "
                                "block-buffered and may look like a stall; fix: install coreutils")
@@ -139,8 +142,29 @@ class SystemdExecutor:
             await self.release_unit(unit_name(task.name), active_state)
 
     async def supervise(self) -> None:
-        """systemd pushes every change (see open): nothing to do but wait."""
-        await asyncio.get_running_loop().create_future()
+        """systemd pushes every change (see open); now and then the running tasks are also checked against
+        their units (one ListUnits call), so that a missed end signal leaves no task running for ever."""
+        while True:
+            await asyncio.sleep(self.config.reconcile_s)
+            try:
+                failpoints.check("reconcile", once=True)
+                await self.reconcile()
+            except Exception:
+                log.exception("error while checking the running tasks against their units; trying again later")
+
+    async def reconcile(self) -> None:
+        """Running tasks whose unit is no longer active in two checks in a row are judged as adopt() does:
+        from the unit, or its final accounting, or as `unknown` with the reason (two, so that an end whose
+        signal is on its way is not judged twice)."""
+        active = {unit for unit, state, _sub in await self.systemd.list_units(f"{UNIT_PREFIX}*.service")
+                  if state in ACTIVE_STATES}
+        ended = {t.id: t for t in self.ends.daemon.running()
+                 if unit_name(t.name) not in active and t.id not in self.ends.finishing}
+        for task_id in ended.keys() & self.not_active:
+            task = ended[task_id]
+            log.warning("no end was heard of %s, whose unit is no longer active: judging it now", task.name)
+            await self.adopt(task)
+        self.not_active = set(ended) - self.not_active
 
     async def close(self) -> None:
         self.output.close()
@@ -223,3 +247,5 @@ class SystemdExecutor:
                 await self.systemd.stop_unit(unit)
         except DBusError as e:
             log.warning("could not release %s: %s", unit, e.text)
+        with contextlib.suppress(DBusError):  # (not referenced: started by an earlier babysitd, or unloaded)
+            await self.systemd.unref_unit(unit)

@@ -24,6 +24,7 @@ UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit"
 # D-Bus types of the unit properties babysit sets (systemd.resource-control(5), systemd.exec(5)).
 PROPERTY_SIGNATURES: dict[str, str] = {
     "Description": "s",
+    "AddRef": "b",
     "ExecStart": "a(sasb)",
     "ExecStopPost": "a(sasb)",
     "WorkingDirectory": "s",
@@ -134,6 +135,10 @@ class Systemd:
 
     async def reset_failed_unit(self, unit: str) -> None:
         await self.call(MANAGER_PATH, MANAGER, "ResetFailedUnit", "s", [unit])
+
+    async def unref_unit(self, unit: str) -> None:
+        """Drop this connection's reference (AddRef): an inactive unit is then unloaded."""
+        await self.call(unit_path(unit), UNIT, "Unref")
 
     async def properties(self, unit: str, interface: str = "") -> dict[str, Any]:
         """All properties of `interface` on a loaded unit ("" for all its interfaces)."""

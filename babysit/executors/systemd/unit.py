@@ -98,6 +98,9 @@ def start_properties(task: Task, stop_grace_s: float, stop_post: tuple[str, list
         "StandardOutput": "journal",
         "StandardError": "journal",
         "SyslogIdentifier": log_identifier(spec.name),  # see protocol.output_matches
+        # babysitd's reference keeps the ended unit loaded until it let go of it (release): how it ended is
+        # read from systemd even where the final accounting could not be written (a full disk)
+        "AddRef": True,
         # no LogRateLimit*: journald honours them for system units only (babysitd warns about its own limit)
         **cap_properties(task.caps),
         "RuntimeMaxUSec": int(task.caps.runtime_max_s * USEC),
