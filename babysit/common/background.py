@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 log = logging.getLogger("babysitd")
@@ -25,3 +26,12 @@ class Background:
                 log.error("error while %s", doing, exc_info=finished.exception())
 
         running.add_done_callback(done)
+
+
+@contextlib.contextmanager
+def carry_on(doing: str) -> Iterator[None]:
+    """One step of a loop that must go on: an error in it is logged, and the loop tries again next time."""
+    try:
+        yield
+    except Exception:
+        log.exception("error while %s; the supervision goes on", doing)

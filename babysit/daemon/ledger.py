@@ -74,15 +74,15 @@ class Ledger:
         return task
 
     def add(self, spec: TaskSpec, caps: Caps) -> Task:
-        """A new run's record: it needs its id from the store, so it waits for none of the writes before it."""
+        """A new run's record. It needs its id from the store now, after every change kept before it: while
+        the store takes no writes, the run is refused (StoreUnavailable), not kept."""
         self.retry()
         if self.pending:
-            raise StoreUnavailable(f"{self.unwritable}; the task is not started (try again once there is room)")
+            raise not_started(self.unwritable)
         try:
             task = self.store.add(spec, caps, time.time())
         except sqlite3.OperationalError as e:
-            self.unwritable = unavailable_because(self.store.path, e)
-            raise StoreUnavailable(f"{self.unwritable}; the task is not started (try again once there is room)") from e
+            raise not_started(unavailable_because(self.store.path, e)) from e
         self.track(task)
         return task
 
@@ -149,3 +149,7 @@ class Ledger:
         self.add_event(task, "runaway_risk", {k: v for k, v in event.items() if k != "event"})
         if self.publisher:
             self.publisher.runaway_risk(task, event)
+
+
+def not_started(why: str) -> StoreUnavailable:
+    return StoreUnavailable(f"{why}; the task is not started (try again once there is room)")

@@ -19,7 +19,7 @@ from typing import Any
 
 from babysit import __version__
 from babysit.common import failpoints
-from babysit.common.background import Background
+from babysit.common.background import Background, carry_on
 from babysit.common.config import Config
 from babysit.core import history, report
 from babysit.core.capacity import refusal, requested_room, room, shortfall
@@ -224,10 +224,8 @@ class Scheduler:
         while True:
             await asyncio.sleep(self.config.recheck_s)
             if self.ledger.queue():
-                try:
+                with carry_on("draining the queue"):
                     await self.drain()
-                except Exception:  # the next re-check, or the next end, drains again
-                    log.exception("error while draining the queue; trying again later")
 
     # --- a task's way in and out ----------------------------------------------------------------------
 

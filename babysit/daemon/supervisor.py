@@ -9,6 +9,7 @@ import logging
 import time
 
 from babysit.common import failpoints
+from babysit.common.background import carry_on
 from babysit.common.config import Config
 from babysit.core import policy, report
 from babysit.core.protocol import KillReason, State
@@ -75,14 +76,13 @@ class Supervisor:
     # --- each tick ----------------------------------------------------------------------------------
 
     async def sample_forever(self) -> None:
-        """Each tick: sample every running task that is due, apply the kill policy, then look at pressure."""
+        """Each tick: write what the store did not take yet (if anything), sample every running task that is
+        due and apply the kill policy, then look at host pressure."""
         while True:
             await asyncio.sleep(self.config.tick_s)
             failpoints.check("sample_loop", once=True)
-            try:
-                self.ledger.retry()  # the changes kept while the store took no writes, if any
-            except Exception:
-                log.exception("error while writing the changes kept for the store; trying again next tick")
+            with carry_on("writing the changes kept for the store"):
+                self.ledger.retry()
             now = time.monotonic()
             free, threshold = self.executor.capacity().free_mem_bytes, self.pressure.threshold()
             pressure = self.executor.pressure_applies and free < threshold  # then every figure must be fresh
@@ -97,11 +97,9 @@ class Supervisor:
                             task.usage.mem_bytes, task.usage.cpu_cores, task.spec.estimates, self.config.tick_s,
                             self.config.tolerance_s) - self.config.tick_s / 2  # due on the tick nearest to it
             if self.executor.pressure_applies:
-                try:
+                with carry_on("looking at host memory pressure"):
                     failpoints.check("pressure_check", once=True)
                     await self.pressure.check(free, threshold)
-                except Exception:  # the next tick looks again; sampling goes on meanwhile
-                    log.exception("error while looking at host memory pressure; the tasks are still watched")
 
     def sample_now(self, task_id: int) -> None:
         """Read a run's usage at once (the kernel's OOM notice: the cgroup still holds what it had at the limit)."""

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from babysit.common.background import carry_on
 from babysit.core import policy
 from babysit.core.task import Task
 from babysit.core.timeline import Timeline
-
-log = logging.getLogger("babysitd")
 
 
 @dataclass
@@ -34,10 +31,6 @@ class Watch:
                 timer.cancel()
 
 
-@contextlib.contextmanager
-def isolated(task: Task, doing: str) -> Iterator[None]:
+def isolated(task: Task, doing: str) -> contextlib.AbstractContextManager[None]:
     """An error while handling one task is logged, and the others are still watched."""
-    try:
-        yield
-    except Exception:
-        log.exception("error while %s (task %s); the other tasks are still watched", doing, task.name)
+    return carry_on(f"{doing} (task {task.name})")

@@ -17,6 +17,7 @@ from pathlib import Path
 from dbus_fast.errors import DBusError
 
 from babysit.common import failpoints
+from babysit.common.background import carry_on
 from babysit.common.config import Config
 from babysit.common.host import free_mem_bytes, read_host
 from babysit.core.outcome import has_ended
@@ -146,11 +147,9 @@ class SystemdExecutor:
         their units (one ListUnits call), so that a missed end signal leaves no task running for ever."""
         while True:
             await asyncio.sleep(self.config.reconcile_s)
-            try:
+            with carry_on("checking the running tasks against their units"):
                 failpoints.check("reconcile", once=True)
                 await self.reconcile()
-            except Exception:
-                log.exception("error while checking the running tasks against their units; trying again later")
 
     async def reconcile(self) -> None:
         """Running tasks whose unit is no longer active in two checks in a row are judged as adopt() does:
