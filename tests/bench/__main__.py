@@ -34,7 +34,9 @@ from babysit.common.config import Config
 from babysit.common import bus as session_bus
 from babysit.core.protocol import BUS_NAME, SCHEDULER_INTERFACE, SCHEDULER_PATH, State, unit_name
 from babysit.executors.systemd.manager import Systemd
-from tests.integration.conftest import BIN, TINY, UnitSignals, daemon_pid, ended, restart_daemon, run_spec
+from tests.integration.conftest import (
+    BIN, TINY, UnitSignals, daemon_pid, ended, restart_daemon, rss_bytes, run_spec,
+)
 
 BABYSIT = str(BIN / "babysit")
 BENCH = {**TINY, "estimated_mem_bytes": "8M", "estimated_time": "10m"}  # outlives the daemon-cost window
@@ -225,9 +227,7 @@ def daemon_usage() -> tuple[float, float]:
     pid = daemon_pid()
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime + stime
-    rss_kib = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                   if line.startswith("VmRSS:"))
-    return ticks / 100, rss_kib / 1024
+    return ticks / 100, rss_bytes(pid) / (1 << 20)
 
 
 async def daemon_cost(client: Client, seconds: float, tasks: int) -> list[Row]:

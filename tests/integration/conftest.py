@@ -147,6 +147,12 @@ def daemon_pid() -> int:
     return int(systemctl_show(protocol.DAEMON_UNIT, "MainPID")["MainPID"])
 
 
+def rss_bytes(pid: int) -> int:
+    """A process's resident memory, as the kernel counts it (VmRSS)."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) * 1024
+
+
 # estimates small enough for many tasks side by side on 2 cores
 TINY = {"estimated_cpu_cores": "0.01", "estimated_mem_bytes": "16M", "estimated_time": "30s"}
 

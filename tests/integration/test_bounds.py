@@ -14,7 +14,7 @@ import pytest
 from babysit.common.config import Config
 from babysit.core.task import MAX_COMMAND_BYTES, MAX_ENV_BYTES, Host, derive_caps, spec_from_wire
 from babysit.daemon.store import Store
-from tests.integration.conftest import babysit, daemon_pid, manager_environment, restart_daemon
+from tests.integration.conftest import babysit, daemon_pid, manager_environment, restart_daemon, rss_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon")]
 MiB = 1 << 20
@@ -33,11 +33,6 @@ def fill_store(path: Path, count: int) -> None:
         caps = derive_caps(spec, host)
         db.add(replace(spec, estimates=replace(spec.estimates, mem_bytes=1 << 50)), caps, time.time())
     db.close()
-
-
-def rss_bytes(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) * 1024
 
 
 @pytest.mark.timeout(600)
