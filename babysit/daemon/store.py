@@ -115,10 +115,15 @@ class Unavailable(Exception):
     says why. Nothing is discarded for it: the caller tries again."""
 
 
+def error_name(error: sqlite3.DatabaseError) -> str:
+    """SQLite's name for the error (SQLITE_BUSY, SQLITE_FULL, ...), or "" for one babysit raised itself."""
+    return getattr(error, "sqlite_errorname", None) or ""
+
+
 def is_damage(error: sqlite3.DatabaseError) -> bool:
     """Whether an error means the file itself is broken, rather than busy, or its disk full or failing
     ("database is locked", "disk I/O error" and "database or disk is full" are DatabaseErrors too)."""
-    name = getattr(error, "sqlite_errorname", None) or ""
+    name = error_name(error)
     return isinstance(error, Damaged) or name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
 
 
@@ -147,8 +152,8 @@ def lock_holders(path: Path) -> list[int]:
 
 
 def unavailable_because(path: Path, error: sqlite3.DatabaseError) -> str:
-    """What keeps the store from opening, in words a user can act on."""
-    name = getattr(error, "sqlite_errorname", None) or ""
+    """What keeps the store from opening or taking writes, in words a user can act on."""
+    name = error_name(error)
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         holders = lock_holders(path)
         named = ", ".join(f"PID {pid} ({process_name(pid)})" for pid in holders)
@@ -157,7 +162,7 @@ def unavailable_because(path: Path, error: sqlite3.DatabaseError) -> str:
         return f"no space left under {path.parent} for the store"
     if name.startswith("SQLITE_IOERR"):
         return f"a disk I/O error under {path.parent} ({error})"
-    return f"the store {path} cannot be opened: {error}"
+    return f"the store {path} cannot be used: {error}"
 
 
 def process_name(pid: int) -> str:
