@@ -35,6 +35,7 @@ class Config:
     slurm_partition: str = ""  # sbatch --partition; "" for the cluster's default
     slurm_account: str = ""  # sbatch --account; "" for the user's default
     slurm_output_dir: str = ""  # where jobs write their output; "" for babysit's state directory
+    state_dir: str = ""  # where each host's state goes ("" for $XDG_STATE_HOME/babysit); see daemon.state_dir
 
 
 EXECUTORS = ("systemd", "slurm")

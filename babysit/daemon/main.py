@@ -17,7 +17,7 @@ from dbus_fast.aio import MessageBus
 from babysit import __version__
 from babysit.common import bus as session_bus
 from babysit.common import config
-from babysit.daemon import store
+from babysit.daemon import state_dir, store
 from babysit.daemon.babysitd import Babysitd
 from babysit.daemon.service import BusService
 from babysit.executors.base import Executor
@@ -33,15 +33,14 @@ class SupervisionEnded(Exception):
 
 async def open_executor(bus: MessageBus, settings: config.Config) -> Executor:
     """The executor the config names (each is imported only where it is used)."""
-    state_dir = store.default_path().parent
     if settings.executor == "slurm":
         from babysit.executors.slurm.executor import SlurmExecutor
 
-        return await SlurmExecutor.connect(settings, state_dir)
+        return await SlurmExecutor.connect(settings, state_dir.host_dir(settings))
     from babysit.executors.systemd.executor import SystemdExecutor
     from babysit.executors.systemd.manager import Systemd
 
-    return await SystemdExecutor.connect(Systemd(bus), settings, state_dir)
+    return await SystemdExecutor.connect(Systemd(bus), settings, state_dir.host_dir(settings))
 
 
 async def open_store(path: Path) -> tuple[store.Store, str | None]:
@@ -65,7 +64,11 @@ async def serve() -> None:
     bus = await session_bus.connect()
     settings = config.load()
     executor = await open_executor(bus, settings)
-    db, damaged = await open_store(store.default_path())
+    moved = state_dir.take_over_shared_store(settings)
+    if moved:
+        log.info("moved the store at %s, from before there was one per host, to %s", moved,
+                 state_dir.store_path(settings))
+    db, damaged = await open_store(state_dir.store_path(settings))
     daemon = Babysitd(executor, db, settings, [damaged] if damaged else [])
     scheduler = daemon.scheduler
     for warning in scheduler.warnings:

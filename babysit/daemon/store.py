@@ -64,11 +64,6 @@ CREATE TABLE IF NOT EXISTS events (
 USAGE_FIELDS = {f.name for f in fields(Usage)}  # older records also kept silent_s
 
 
-def default_path() -> Path:
-    state_home = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(state_home, "babysit", "babysit.sqlite3")
-
-
 def _task(row: sqlite3.Row) -> Task:
     spec = json.loads(row["spec"])
     outcome = json.loads(row["outcome"]) if row["outcome"] else None

@@ -255,6 +255,7 @@ async def daemon_cost(client: Client, seconds: float, tasks: int) -> list[Row]:
 def largest_store(work: Path) -> list[Row]:
     """babysitd started on the largest store babysit allows (max_live_tasks queued tasks, each with the
     longest command and the largest environment), against the same daemon started on an empty one."""
+    from babysit.daemon.state_dir import STORE_FILE, host_name
     from tests.integration.test_bounds import fill_store
 
     def started_on(state: Path) -> tuple[float, float]:
@@ -267,7 +268,7 @@ def largest_store(work: Path) -> list[Row]:
             subprocess.run(["systemctl", "--user", "unset-environment", "XDG_STATE_HOME"], check=True)
 
     most = int(Config().max_live_tasks)
-    fill_store(work / "largest" / "babysit" / "babysit.sqlite3", most)
+    fill_store(work / "largest" / "babysit" / host_name() / STORE_FILE, most)
     empty_s, empty_rss = started_on(work / "empty")
     full_s, full_rss = started_on(work / "largest")
     restart_daemon()  # on the usual store again

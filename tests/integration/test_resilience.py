@@ -14,7 +14,8 @@ import pytest
 
 from babysit.common import failpoints
 from babysit.core.protocol import unit_name
-from babysit.daemon.store import default_path
+from babysit.common.config import Config
+from babysit.daemon.state_dir import store_path
 from tests.integration.conftest import (
     BIN,
     Gate,
@@ -59,7 +60,7 @@ def test_a_damaged_database_is_set_aside_and_running_tasks_are_taken_up(stopped_
     assert started.returncode == 0, started.stderr
     wait_for(lambda: status(task_name)["status"] == "running", 30, "running")
     subprocess.run(["systemctl", "--user", "stop", "babysitd"], check=True)
-    db = default_path()
+    db = store_path(Config())
     for suffix in ("-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     db.write_bytes(b"\x00garbage, not SQLite\n" * 500)
@@ -182,7 +183,7 @@ def test_a_store_locked_across_a_start_is_waited_for_not_replaced(stopped_afterw
         run(queued, "true", "--estimated_cpu_cores=0.6", "--force")
         assert status(queued)["status"] == "queued"
         subprocess.run(["systemctl", "--user", "stop", "babysitd"], check=True)
-        db = default_path()
+        db = store_path(Config())
         set_aside = set(db.parent.glob(f"{db.name}.damaged-*"))  # an earlier test's
         locker = subprocess.Popen([str(BIN / "python"), "-c", LOCKER, str(db)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True)

@@ -14,6 +14,10 @@
   happens. Afterwards it checks that PID 1's cgroups are unchanged and nothing is left behind.
 - Otherwise: says what is missing and exits 2.
 
+A private session can stand for one login node of a cluster: `--hostname NAME` gives it a host name of
+its own (a UTS namespace), `--home DIR` makes DIR the test user's home instead of a fresh tmpfs. Two
+runners with different names and the same DIR are two hosts sharing a home over NFS, at once.
+
 Either way COMMAND sees BABYSIT_REQUIRE_SESSION=1, so tests that need the session fail instead of
 skipping when it is missing.
 """
@@ -27,6 +31,7 @@ import pwd
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -284,6 +289,13 @@ def check_readable(user: pwd.struct_passwd, cwd: str, command: list[str]) -> Non
         )
 
 
+def check_home(user: pwd.struct_passwd, home: str) -> None:
+    """A home given with --home is a directory the test user owns, as a real home is."""
+    found = os.stat(home) if os.path.isdir(home) else None
+    if found is None or found.st_uid != user.pw_uid:
+        raise SessionError(f"--home {home} must be a directory owned by {user.pw_name} (uid {user.pw_uid})")
+
+
 def remove_stale_children() -> None:
     """Remove empty cgroups of runners that died without cleaning up (power loss, SIGKILL)."""
     for h in cgroups.current_hierarchies():
@@ -329,7 +341,8 @@ def procs_left(cgroup: Path) -> list[str]:
     return pids
 
 
-def run_private(command: list[str], user_name: str, uid: int, timeout: float | None) -> int:
+def run_private(command: list[str], user_name: str, uid: int, timeout: float | None, hostname: str | None = None,
+                home: str | None = None) -> int:
     """Build the private session around `command`; always clean up and check the host after."""
     for tool in ("unshare", "setpriv", SYSTEMD, JOURNALD, "journalctl", "busctl"):
         if not shutil.which(tool):
@@ -337,6 +350,8 @@ def run_private(command: list[str], user_name: str, uid: int, timeout: float | N
     user = ensure_test_user(user_name, uid)
     cwd = os.getcwd()
     check_readable(user, cwd, command)
+    if home is not None:
+        check_home(user, home)
     pid1_before = Path("/proc/1/cgroup").read_text()
     remove_stale_children()
     name = f"{CHILD_PREFIX}{os.getpid()}"
@@ -348,9 +363,12 @@ def run_private(command: list[str], user_name: str, uid: int, timeout: float | N
             "command": command,
             "host_cgroupns": os.readlink("/proc/self/ns/cgroup"),
             "hierarchies": [[h.key, str(h.mountpoint)] for h, _ in children],
+            "hostname": hostname,
+            "home": home and os.path.abspath(home),
         }
-        inner = ["unshare", "--cgroup", "--mount", "--pid", "--fork", "--kill-child",
-                 "--propagation", "private", sys.executable, __file__, "--inner", json.dumps(config)]
+        namespaces = ["--cgroup", "--mount", "--pid", *(["--uts"] if hostname else [])]
+        inner = ["unshare", *namespaces, "--fork", "--kill-child", "--propagation", "private",
+                 sys.executable, __file__, "--inner", json.dumps(config)]
         try:
             proc = subprocess.Popen(inner, preexec_fn=enter_children(children))
         except subprocess.SubprocessError as e:  # raised in place of the preexec_fn's refusal
@@ -495,8 +513,14 @@ def run_inner(config: dict) -> int:
     for private in ("/run/systemd", "/run/user", "/run/log", "/var/log/journal"):
         mount("tmpfs", private, "mode=755")
     Path("/run/systemd/system").mkdir()  # how systemd --user learns the host "booted with systemd"
-    mount("tmpfs", user.pw_dir, "mode=700")
-    os.chown(user.pw_dir, user.pw_uid, user.pw_gid)
+    if config["hostname"]:
+        socket.sethostname(config["hostname"])
+    if config["home"]:  # shared with whatever else mounts it: another runner, as another host
+        Path(user.pw_dir).mkdir(exist_ok=True)
+        subprocess.run(["mount", "--bind", config["home"], user.pw_dir], check=True)
+    else:
+        mount("tmpfs", user.pw_dir, "mode=700")
+        os.chown(user.pw_dir, user.pw_uid, user.pw_gid)
 
     journald_cgroup = delegate(roots, "system.slice/systemd-journald.service")
     user_service = f"user.slice/user-{user.pw_uid}.slice/user@{user.pw_uid}.service"
@@ -553,6 +577,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, help="end the session after this many seconds")
     parser.add_argument("--user", default=TEST_USER, help="test user of a private session")
     parser.add_argument("--uid", type=int, default=TEST_UID, help="uid for the test user if it is created")
+    parser.add_argument("--hostname", help="a private session's host name (default: the host's)")
+    parser.add_argument("--home", help="a private session's home directory, owned by the test user "
+                                       "(default: a fresh tmpfs)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -560,11 +587,13 @@ def main(argv: list[str]) -> int:
         parser.error("no command given")
     mode = choose_mode(os.geteuid(), dict(os.environ))
     try:
+        if mode == "direct" and (args.hostname or args.home):
+            raise SessionError("--hostname and --home make a private session: run this as root")
         if mode == "direct":
             return run_direct(command, args.timeout, argv)
         if mode == "missing":
             raise SessionError(MISSING_HELP)
-        return run_private(command, args.user, args.uid, args.timeout)
+        return run_private(command, args.user, args.uid, args.timeout, args.hostname, args.home)
     except SessionError as e:
         log(f"error: {e}")
         return EXIT_USAGE

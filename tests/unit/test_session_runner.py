@@ -7,7 +7,7 @@ import pytest
 
 from babysit.cli import install
 from babysit.common import config
-from babysit.daemon import store
+from babysit.daemon import state_dir
 from babysit.executors.systemd.cgroup import parse_mountinfo, parse_proc_cgroup
 from tests.session.cgroups import Hierarchy, hierarchies
 from tests.session.run import babysit_paths, babysit_units, choose_mode, missing_parents, own_session_is_up, refusal
@@ -99,7 +99,7 @@ def test_babysit_paths_match_what_babysit_itself_uses(monkeypatch: pytest.Monkey
     paths = babysit_paths(dict(os.environ), tmp_path)
     assert set(install.targets().values()) <= set(paths)
     assert config.default_path().parent in paths
-    assert store.default_path().parent in paths
+    assert state_dir.state_home(config.Config()) in paths
 
 
 # `systemctl --user list-units --all --plain --no-legend --full 'babysit*'`

@@ -1,0 +1,89 @@
+"""One state directory per host, and the store from before there was one moved into it once."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from babysit.common.config import Config
+from babysit.daemon import state_dir
+from babysit.daemon.state_dir import STORE_FILE, host_dir, host_name, store_path, take_over_shared_store
+
+
+@pytest.fixture
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    monkeypatch.setattr(socket, "gethostname", lambda: "login1.cluster")
+    return tmp_path / "babysit"
+
+
+def shared_store(path: Path, rows: int) -> sqlite3.Connection:
+    """A store as babysit made it before: WAL mode, its last changes still in the log (the connection stays
+    open, as a daemon killed mid-run leaves it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("CREATE TABLE tasks (id INTEGER PRIMARY KEY)")
+    db.executemany("INSERT INTO tasks VALUES (?)", [(i,) for i in range(rows)])
+    db.commit()
+    return db
+
+
+def test_each_host_has_a_directory_of_its_own(state_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert store_path(Config()) == state_home / "login1.cluster" / STORE_FILE
+    monkeypatch.setattr(socket, "gethostname", lambda: "login2.cluster")
+    assert host_dir(Config()) == state_home / "login2.cluster"
+
+
+def test_the_config_moves_the_state_and_keeps_it_per_host(state_home: Path) -> None:
+    assert host_dir(Config(state_dir="/scratch/alice/babysit")) == Path("/scratch/alice/babysit/login1.cluster")
+
+
+@pytest.mark.parametrize(("kernel", "directory"), [
+    ("node-7", "node-7"), ("../../etc", "_.._etc"), ("a b/c", "a_b_c"), ("", "localhost"), ("...", "localhost"),
+])
+def test_a_host_name_is_always_one_plain_directory(monkeypatch: pytest.MonkeyPatch, kernel: str,
+                                                  directory: str) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: kernel)
+    assert host_name() == directory
+
+
+def test_the_shared_store_moves_to_the_first_host_whole(state_home: Path) -> None:
+    writer = shared_store(state_home / STORE_FILE, 100)
+    assert Path(f"{state_home / STORE_FILE}-wal").stat().st_size > 0  # the rows are in the log only
+    writer.close()
+    moved = take_over_shared_store(Config())
+    assert moved == state_home / STORE_FILE
+    assert not moved.exists()
+    own = sqlite3.connect(store_path(Config()))
+    assert own.execute("SELECT count(*) FROM tasks").fetchone() == (100,)
+    own.close()
+
+
+def test_a_host_with_a_store_of_its_own_leaves_the_shared_one(state_home: Path) -> None:
+    shared_store(state_home / STORE_FILE, 1).close()
+    store_path(Config()).parent.mkdir(parents=True)
+    store_path(Config()).write_bytes(b"")
+    assert take_over_shared_store(Config()) is None
+    assert (state_home / STORE_FILE).exists()
+
+
+def test_a_shared_store_in_use_is_left_where_it_is(state_home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    holder = shared_store(state_home / STORE_FILE, 1)
+    holder.execute("BEGIN EXCLUSIVE")  # an older babysitd on another host writes to it
+    try:
+        assert take_over_shared_store(Config(), busy_timeout_s=0.1) is None
+    finally:
+        holder.rollback()
+        holder.close()
+    assert (state_home / STORE_FILE).exists() and not store_path(Config()).exists()
+    assert "left the store of an earlier babysit" in caplog.text
+
+
+def test_nothing_to_move_on_a_fresh_home(state_home: Path) -> None:
+    assert take_over_shared_store(Config()) is None
+    assert not state_dir.state_home(Config()).exists()
