@@ -30,11 +30,18 @@ DBUS = "org.freedesktop.DBus"
 NOT_RUNNING = {f"{DBUS}.Error.ServiceUnknown", f"{DBUS}.Error.NameHasNoOwner", f"{DBUS}.Error.NoReply",
                f"{DBUS}.Error.Spawn.ChildExited", f"{DBUS}.Error.Spawn.Failed", f"{DBUS}.Error.TimedOut",
                f"{DBUS}.Error.Disconnected", "org.freedesktop.systemd1.NoSuchUnit"}
-CALL_TIMEOUT_S = 30.0
+# how long a call waits before it asks the bus whether babysitd is still there (then it waits on, or says
+# it is gone); tests shorten it
+CALL_TIMEOUT_S = float(os.environ.get("BABYSIT_CALL_TIMEOUT_S", "30"))
+OWNER_TIMEOUT_S = 5.0  # the bus itself answers GetNameOwner at once
 
 
 class DaemonNotRunning(Exception):
     """No babysitd answers on the session bus."""
+
+
+class DaemonBusy(Exception):
+    """babysitd is there (it owns its bus name) but has not answered in time: it is busy, not gone."""
 
 
 class AnswerLost(DaemonNotRunning):
@@ -59,6 +66,8 @@ def variant_dict(values: dict[str, Any]) -> dict[str, Variant]:
 class Client:
     def __init__(self, bus: MessageBus) -> None:
         self.bus = bus
+        # told each time a call has waited another timeout for a daemon that is there but busy
+        self.on_busy: Callable[[str, float], None] = lambda member, waited: None
 
     @classmethod
     async def connect(cls) -> Client:
@@ -71,16 +80,34 @@ class Client:
         self.bus.disconnect()
 
     async def call(self, member: str, signature: str = "", body: list | None = None, *, autostart: bool = True,
-                   timeout: float = CALL_TIMEOUT_S, destination: str = BUS_NAME, path: str = SCHEDULER_PATH,
-                   interface: str = SCHEDULER_INTERFACE) -> list:
-        """A method call; babysit's errors come back as their exception types."""
+                   timeout: float = CALL_TIMEOUT_S, patient: bool = True, destination: str = BUS_NAME,
+                   path: str = SCHEDULER_PATH, interface: str = SCHEDULER_INTERFACE) -> list:
+        """A method call; babysit's errors come back as their exception types.
+
+        When no answer comes within `timeout`, the bus says whether babysitd is still there: if it is not,
+        DaemonNotRunning; if it is, a `patient` call waits on (telling on_busy each time), another raises
+        DaemonBusy. A busy daemon is never reported as not running, and the call is never sent twice.
+        """
         message = Message(destination=destination, path=path, interface=interface, member=member,
                           signature=signature, body=body or [],
                           flags=MessageFlag.NONE if autostart else MessageFlag.NO_AUTOSTART)
-        try:
-            reply = await asyncio.wait_for(self.bus.call(message), timeout)
-        except TimeoutError:
-            raise DaemonNotRunning(f"no answer to {member} within {timeout:.0f}s") from None
+        answer = asyncio.ensure_future(self.bus.call(message))
+        waited = 0.0
+        while not answer.done():
+            await asyncio.wait([answer], timeout=timeout)
+            if answer.done():
+                break
+            waited += timeout
+            owner = await self.owner(destination) if destination == BUS_NAME else None
+            if owner is None:
+                answer.cancel()
+                raise DaemonNotRunning(f"no answer to {member} within {waited:.0f}s")
+            if not patient:
+                answer.cancel()
+                raise DaemonBusy(f"babysitd ({owner} on the session bus) is up but has not answered {member} "
+                                 f"within {waited:.0f}s: it is busy; try again, or see journalctl --user -u babysitd")
+            self.on_busy(member, waited)
+        reply = answer.result()
         if reply.message_type == MessageType.ERROR:
             name, text = reply.error_name or "", (reply.body or [""])[0]
             if name in ERRORS:
@@ -91,6 +118,16 @@ class Client:
                 raise DaemonNotRunning(text)
             raise BabysitError(f"{name}: {text}")
         return unwrap(reply.body)
+
+    async def owner(self, name: str) -> str | None:
+        """The unique bus name that owns `name` now; None when nobody does (or the bus does not say in time)."""
+        message = Message(destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS, member="GetNameOwner",
+                          signature="s", body=[name])
+        try:
+            reply = await asyncio.wait_for(self.bus.call(message), OWNER_TIMEOUT_S)
+        except TimeoutError:
+            return None
+        return str(reply.body[0]) if reply.message_type == MessageType.METHOD_RETURN else None
 
     async def submit(self, spec: dict[str, Variant], force: bool, retry_for: float = CALL_TIMEOUT_S) -> str:
         """Run a task exactly once: a call whose answer was lost (babysitd died) is repeated with the same

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import typer
 
 from babysit import __version__
-from babysit.cli.client import Client, DaemonNotRunning, variant_dict
+from babysit.cli.client import Client, DaemonBusy, DaemonNotRunning, variant_dict
 from babysit.core.protocol import (
     HISTORY_KEYS,
     BabysitError,
@@ -48,6 +48,7 @@ def call(work: Callable[[Client], Awaitable[T]], first_use: bool = True) -> T:
 
     async def conversation() -> T:
         client = await Client.connect()
+        client.on_busy = say_busy
         try:
             try:
                 return await work(client)
@@ -68,12 +69,19 @@ def call(work: Callable[[Client], Awaitable[T]], first_use: bool = True) -> T:
         raise fail(str(e), e.exit_code) from None  # the message is the JSON object
     except BabysitError as e:
         raise fail(f"babysit: {e}", e.exit_code) from None
+    except DaemonBusy as e:
+        raise fail(f"babysit: {e}", ExitCode.NEGATIVE) from None
     except DaemonNotRunning:
         from babysit.cli.install import why_not_running
 
         why = why_not_running()
         raise fail("babysit daemon not running (start it with: babysit daemon-start)" + (f"\n{why}" if why else ""),
                    ExitCode.NEGATIVE) from None
+
+
+def say_busy(member: str, waited: float) -> None:
+    typer.echo(f"babysit: babysitd is busy; still waiting for its answer to {member} ({waited:.0f}s so far; "
+               "see journalctl --user -u babysitd)", err=True)
 
 
 def print_json(value: Any) -> None:
@@ -477,8 +485,8 @@ def ping() -> None:
     """Is babysitd up? `pong <version>`, or exit 1 (never starts it, never hangs). Example: babysit ping"""
 
     async def ping_and_check(c: Client) -> tuple[str, list[str]]:
-        (version,) = await c.call("Ping", autostart=False, timeout=5)
-        (capacity,) = await c.call("Capacity", autostart=False, timeout=5)
+        (version,) = await c.call("Ping", autostart=False, timeout=5, patient=False)
+        (capacity,) = await c.call("Capacity", autostart=False, timeout=5, patient=False)
         return version, capacity.get("warnings", [])
 
     version, warnings = call(ping_and_check, first_use=False)

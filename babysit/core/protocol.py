@@ -134,10 +134,18 @@ class StoreUnavailable(BabysitError):
     exit_code = ExitCode.NEGATIVE
 
 
+class ExecutorUnavailable(BabysitError):
+    """Where tasks run cannot be reached now (the Slurm controller does not answer); the message says what
+    failed. babysit keeps asking and takes new tasks again once it answers."""
+
+    dbus_name = "org.babysit.Error.ExecutorUnavailable"
+    exit_code = ExitCode.NEGATIVE
+
+
 ERRORS: dict[str, type[BabysitError]] = {
     cls.dbus_name: cls
     for cls in (InvalidArgument, NameInUse, NoSuchTask, ExceedsCap, CapacityExceeded, CapsUnavailable, NotRunning,
-                QueueFull, StoreUnavailable)
+                QueueFull, StoreUnavailable, ExecutorUnavailable)
 }
 
 

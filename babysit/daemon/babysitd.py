@@ -32,7 +32,7 @@ class Babysitd:
         self.executor = executor
         self.ledger = Ledger(db)
         self.supervisor = Supervisor(self.ledger, executor, settings)
-        learning = Learning(db, executor.host)
+        learning = Learning(db, executor)
         self.endings = Endings(self.ledger, executor, learning, settings)
         self.scheduler = Scheduler(self.ledger, executor, self.supervisor, learning, self.endings, settings, advice)
 

@@ -10,14 +10,19 @@ from typing import Any
 from babysit.core import history
 from babysit.core.task import Host, Spread, Task, TaskSpec, estimates_from_wire, limits, spec_from_wire
 from babysit.daemon.store import Store
+from babysit.executors.base import Executor
 
 log = logging.getLogger("babysitd")
 
 
 class Learning:
-    def __init__(self, db: Store, host: Host) -> None:
+    def __init__(self, db: Store, executor: Executor) -> None:
         self.store = db
-        self.host = host
+        self.executor = executor  # its host is what caps are shares of (a cluster's is known once it answers)
+
+    @property
+    def host(self) -> Host:
+        return self.executor.host
 
     def spec(self, wire: Mapping[str, Any]) -> tuple[TaskSpec, int]:
         """A validated spec from a `Run` dictionary, with the estimates the caller left out taken from earlier

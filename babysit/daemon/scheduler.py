@@ -24,7 +24,7 @@ from babysit.common.config import Config
 from babysit.core import history, report
 from babysit.core.capacity import refusal, requested_room, room, shortfall
 from babysit.core.protocol import (
-    CapacityExceeded, CapsUnavailable, InvalidArgument, KillReason, NameInUse, QueueFull, State,
+    CapacityExceeded, CapsUnavailable, ExecutorUnavailable, InvalidArgument, KillReason, NameInUse, QueueFull, State,
 )
 from babysit.core.quantities import format_duration
 from babysit.core.task import (
@@ -39,10 +39,11 @@ from babysit.core.task import (
 from babysit.core.timeline import Timeline
 from babysit.daemon.admission import Admission
 from babysit.daemon.endings import Endings
+from babysit.daemon.handover import HandOver
 from babysit.daemon.learning import Learning
 from babysit.daemon.ledger import Ledger
 from babysit.daemon.supervisor import Supervisor
-from babysit.executors.base import Executor, StartRefused
+from babysit.executors.base import Executor, StartDeferred, StartRefused
 
 log = logging.getLogger("babysitd")
 LIST_ALL_MAX = 1000  # `List(all)`: the newest runs, live ones included (a reply of a few MB at most)
@@ -62,12 +63,14 @@ class Scheduler:
         self.advice = advice + executor.advice  # what does not hold here, with the fix: `run` goes on
         self._deciding = asyncio.Lock()  # one decision at a time, so two tasks never take the same room
         self._drain_requested = False  # a burst of task ends drains the queue once, not once per end
+        self.handover = HandOver(ledger, executor, self.spawn)
         self.background = Background()
 
     # --- verbs that change things -----------------------------------------------------------------
 
     async def run(self, wire: Mapping[str, Any], force: bool) -> str:
         """Validate and admit a task: start it if it fits now, queue it with force, refuse it otherwise."""
+        self.check_executor("the task is not submitted")
         spec, _ = self.learning.spec(wire)
         caps = derive_caps(spec, self.executor.host)
         check_cwd(spec.cwd)
@@ -88,10 +91,12 @@ class Scheduler:
                     raise NameInUse.of(spec.name)
                 raise CapacityExceeded(json.dumps(refusal(spec.name, decision, spec.estimates_from)))
             task = self.ledger.add(spec, caps)
-            if self.admission.hands_over(decision):
-                await self.spawn(task)
-            else:
+            if not self.admission.hands_over(decision):
                 log.info("queued %s: %s", task.name, decision.reason)
+            elif self.executor.queues:
+                self.handover.give([task])  # after the answer: a submission (sbatch) may take long
+            else:
+                await self.spawn(task)
         return task.name
 
     async def kill(self, name: str) -> None:
@@ -177,7 +182,9 @@ class Scheduler:
     def warnings(self) -> list[str]:
         unwritable = [f"{self.ledger.unwritable}: results are kept in memory until the store takes writes again, "
                       "and no new task starts meanwhile"] if self.ledger.unwritable else []
-        return self.executor.caps_missing + unwritable + self.advice
+        unreachable = [f"{self.executor.trouble}: new runs are refused and queued ones wait until it answers; "
+                       "finished runs can still be seen"] if self.executor.trouble else []
+        return self.executor.caps_missing + unwritable + unreachable + self.advice
 
     def capacity(self) -> dict[str, Any]:
         return self.admission.report(self.warnings)
@@ -191,22 +198,34 @@ class Scheduler:
 
     def estimate(self, wire: Mapping[str, Any]) -> dict[str, Any]:
         """The estimates `run` would use for this spec, and where they come from; nothing is run."""
+        self.check_executor("nothing can be estimated against it")
         return report.estimate(*self.learning.spec(wire))
+
+    def check_executor(self, so: str) -> None:
+        """Refuse a request that needs where tasks run while it cannot be reached (it is asked again each tick)."""
+        if self.executor.trouble:
+            raise ExecutorUnavailable(f"{self.executor.trouble}; {so} (try again once it answers)")
 
     # --- the queue ------------------------------------------------------------------------------------
 
     async def drain(self) -> None:
         """Hand queued tasks to the executor in submission order while the first of them fits (none
-        overtakes another); an executor with its own queue (Slurm) takes every one at once."""
+        overtakes another); an executor with its own queue (Slurm) takes every one, after the decision."""
+        handed: list[Task] = []
         async with self._deciding:
             failpoints.check("drain", once=True)
             for task in self.ledger.queue():
-                if not task.in_babysits_queue:  # its executor's own queue holds it (a pending Slurm job)
+                if not task.in_babysits_queue or task.id in self.handover.pending:  # the executor has it, or soon will
                     continue
                 e = task.spec.estimates
-                if not self.admission.hands_over(self.admission.decide(e.mem_bytes, e.cpu_cores, [])):
+                if self.executor.trouble or not self.admission.hands_over(
+                        self.admission.decide(e.mem_bytes, e.cpu_cores, [])):
                     break
-                await self.spawn(task)
+                if self.executor.queues:
+                    handed.append(task)
+                else:
+                    await self.spawn(task)
+        self.handover.give(handed)
         self.ledger.capacity_changed()
 
     def request_drain(self) -> None:
@@ -233,13 +252,23 @@ class Scheduler:
         """Hand a queued task to its executor, which starts it now or queues it itself."""
         self.supervisor.watch(task.id)  # before the start: a run can end before start() returns
         try:
-            task = await self.executor.start(task)
+            started = await self.executor.start(task)
         except StartRefused as e:
             self.supervisor.unwatch(task.id)
             await self.finish(task, Outcome(State.FAILED, detail=str(e)))
             return
+        except StartDeferred as e:
+            self.supervisor.unwatch(task.id)
+            log.warning("%s stays queued: %s", task.name, e)
+            return
         if not self.supervisor.watching(task.id):  # already over
             return
+        if self.ledger.by_id(task.id) is None:  # killed while its executor took it: what started must not stay
+            self.supervisor.unwatch(task.id)
+            log.info("stopping %s: it was killed while it was being started", task.name)
+            await self.executor.stop(started)
+            return
+        task = started
         task = self.ledger.save(task)
         if task.state == State.RUNNING:
             self.supervisor.arm(task)

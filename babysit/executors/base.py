@@ -49,6 +49,11 @@ class StartRefused(Exception):
     """The executor could not start a task; the message says why, for its result."""
 
 
+class StartDeferred(Exception):
+    """The executor cannot take a task now (its controller does not answer): the task stays queued and is
+    handed over again later; the message says why."""
+
+
 class RunEvents(Protocol):
     """What the daemon offers its executor: the record of a run, and a handler per transition it reports."""
 
@@ -88,6 +93,9 @@ class Executor(Protocol):
     pressure_applies: bool  # whether babysit watches the host's free memory and stops its own culprits
     caps_missing: list[str]  # why caps cannot be applied, with the fix: `run` refuses then
     advice: list[str]  # what else does not hold here, with the fix
+    # why the executor cannot be reached now (a Slurm controller that does not answer), None when it can:
+    # ping and status say it, `run` refuses meanwhile, and queued tasks wait
+    trouble: str | None
 
     async def open(self, daemon: RunEvents) -> None:
         """Start listening for changes, before any snapshot is taken."""
@@ -101,7 +109,7 @@ class Executor(Protocol):
     async def start(self, task: Task) -> Task:
         """Start a run; the task as it is then (RUNNING, or still QUEUED in the executor's own queue).
 
-        Raises StartRefused.
+        Raises StartRefused, or StartDeferred.
         """
 
     async def stop(self, task: Task) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from babysit.common import failpoints
-from babysit.core.protocol import unit_name
 from babysit.common.config import Config
+from babysit.core.protocol import unit_name
 from babysit.daemon.state_dir import store_path
 from tests.integration.conftest import (
     BIN,
@@ -242,3 +243,28 @@ def test_a_full_disk_loses_no_result(task_name: str, gate: Gate) -> None:
         finally:
             filler.unlink(missing_ok=True)
     restart_daemon()  # on the usual state directory again
+
+
+def test_a_busy_daemon_is_waited_for_and_never_called_not_running(task_name: str, tmp_path: Path) -> None:
+    """Seen in review: a client gave up after 30 s and said "daemon not running" while babysitd was only busy
+    (and had taken the task), inviting a second submission."""
+    quick = {**os.environ, "BABYSIT_CALL_TIMEOUT_S": "0.5"}  # the CLI asks the bus about babysitd sooner
+    said = tmp_path / "stderr"
+    pid = daemon_pid()
+    os.kill(pid, signal.SIGSTOP)  # it keeps its bus name and answers nothing: as busy as can be
+    try:
+        pong = babysit("ping", env=quick)
+        assert pong.returncode == 1 and "is up but has not answered Ping within 5s" in pong.stderr, pong.stderr
+        assert "not running" not in pong.stderr
+        with said.open("w") as stderr:
+            submit = subprocess.Popen([str(BIN / "babysit"), "run", f"--name={task_name}", "--command=true"],
+                                      env=quick, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        wait_for(lambda: "babysitd is busy; still waiting for its answer to Run" in said.read_text(), 30,
+                 "the CLI to say what it waits for")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    out, _ = submit.communicate(timeout=60)
+    assert (submit.returncode, out) == (0, f"queued: {task_name}\n"), said.read_text()
+    assert babysit("wait", f"--name={task_name}").returncode == 0
+    runs = json.loads(babysit("history", f"--name={task_name}", "--json").stdout)
+    assert len(runs) == 1 and daemon_pid() == pid  # sent once, answered by the same babysitd

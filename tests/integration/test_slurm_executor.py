@@ -1,9 +1,12 @@
 """What only the Slurm executor does, against a real single-node cluster: the job as submitted, a pending
-job's wait and kill, a job cancelled behind babysit's back, and a pending job across a restart of babysitd."""
+job's wait and kill, a job cancelled behind babysit's back, a pending job across a restart of babysitd, and
+a controller that stops answering."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,12 +124,51 @@ def test_a_task_that_ignores_sigterm_is_killed_after_the_grace(task_name: str) -
 def test_a_job_submitted_by_a_daemon_that_died_before_noting_it_is_followed_not_submitted_again(
         slurm: Path, task_name: str) -> None:
     (slurm / "submitted").write_text(task_name)
-    # babysitd dies after sbatch; `run` asks again, the next babysitd finds the job by its name and comment
+    # babysitd dies after sbatch, before it notes the job; the next babysitd finds it by its name and comment
     run(task_name, "echo once")
-    assert not (slurm / "submitted").exists()  # the fault fired
+    wait_for(lambda: not (slurm / "submitted").exists(), 60, "the fault to fire")
     code, result = result_of(task_name)
     assert (code, result["status"]) == (0, "completed"), result
     assert babysit("log", f"--name={task_name}").stdout.split() == ["once"]
     jobs = subprocess.run(["squeue", "-h", "-t", "all", "--me", "-o", "%j"], capture_output=True, text=True,
                           check=True).stdout.split()
     assert jobs.count(f"babysit-{task_name}") == 1, jobs
+
+
+def control(request: str) -> None:
+    """Ask the cluster's runner for what an administrator would do (tests/slurm/cluster.py)."""
+    with socket.socket(socket.AF_UNIX) as connection:
+        connection.connect(os.environ["BABYSIT_SLURM_CONTROL"])
+        connection.sendall(f"{request}\n".encode())
+        assert connection.makefile().readline().strip() == "ok"
+
+
+@pytest.mark.timeout(600)
+def test_a_controller_that_does_not_answer_leaves_babysitd_up_and_is_picked_up_again(task_name: str,
+                                                                                        gate: Gate) -> None:
+    """Seen in review: babysitd started while slurmctld was down crash-looped, so not even `history` worked."""
+    finished, across, later = f"{task_name}-finished", f"{task_name}-across", f"{task_name}-later"
+    run(finished, "echo before-the-outage")
+    assert result_of(finished)[0] == 0
+    run(across, gate.then("echo across-the-outage"), cwd=str(gate.path.parent))
+    wait_for(lambda: status(across)["status"] == "running", 60, "it to run")
+    control("stop-controller")
+    try:
+        restart_daemon()  # babysitd starts while nobody answers for the cluster
+        pong = babysit("ping")
+        assert pong.returncode == 0 and "the Slurm controller has not answered since" in pong.stderr, pong.stderr
+        assert (status(finished)["status"], status(across)["status"]) == ("completed", "running")
+        assert babysit("log", f"--name={finished}").stdout.split() == ["before-the-outage"]
+        assert [run["name"] for run in json.loads(babysit("history", f"--name={finished}", "--json").stdout)] == [
+            finished]
+        refused = babysit("run", f"--name={later}", "--command=true")
+        assert refused.returncode == 1 and "the task is not submitted" in refused.stderr, refused.stderr
+        gate.open()  # its job ends while the controller is down
+    finally:
+        gate.open()
+        control("start-controller")
+    wait_for(lambda: "Slurm controller" not in babysit("ping").stderr, 120, "babysitd to hear from it again")
+    code, result = result_of(across)
+    assert (code, result["status"]) == (0, "completed"), result
+    run(later, "echo after-the-outage")
+    assert result_of(later)[0] == 0

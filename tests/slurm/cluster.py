@@ -21,6 +21,11 @@ home, /run/user/UID) is invisible to them.
 Hold /tmp/babysit-session.lock around it (`flock /tmp/babysit-session.lock python3 ...`); it does not
 take the lock itself, so it can run inside another holder of that lock.
 
+COMMAND also sees BABYSIT_SLURM_CONTROL: a socket in the cluster's directory through which any user may
+ask, one line per connection, for what an administrator would do: `stop-controller` (slurmctld ends, as
+in an outage; jobs go on) and `start-controller` (slurmctld starts again from its saved state, and the
+answer comes once it answers). The reply is `ok` or `error: ...`.
+
 Another runner can start the cluster around its own work:
 
     with cluster() as c:
@@ -39,6 +44,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -438,6 +444,52 @@ def start_slurm(c: Cluster) -> None:
         raise ClusterError(f"the probe job {probe} ended {state}, not COMPLETED")
 
 
+def controller_answers(c: Cluster) -> bool:
+    return c.run(["scontrol", "ping"], check=False, timeout=20).stdout.count("is UP") > 0
+
+
+def stop_controller(c: Cluster) -> None:
+    """slurmctld ends (an outage): clients get no answer; slurmd and the jobs go on."""
+    for name, proc in list(c.daemons):
+        if name == "slurmctld":
+            stop_process(name, proc, 15)
+            c.daemons.remove((name, proc))  # ended on purpose: not a daemon that died
+
+
+def start_controller(c: Cluster) -> None:
+    """slurmctld starts again from its saved state; returns once it answers."""
+    if not any(name == "slurmctld" and proc.poll() is None for name, proc in c.daemons):
+        start(c, "slurmctld", ["slurmctld", "-D"])
+    wait_until(lambda: controller_answers(c), START_TIMEOUT, "slurmctld to answer", lambda: check_alive(c))
+
+
+def serve_control(c: Cluster) -> Path:
+    """The socket of BABYSIT_SLURM_CONTROL (see the module's docstring), served by a thread."""
+    path = c.dir / "control.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    path.chmod(0o666)  # the tests run as an unprivileged user
+    server.listen()
+    actions = {"stop-controller": stop_controller, "start-controller": start_controller}
+
+    def loop() -> None:
+        while True:
+            connection, _ = server.accept()
+            with connection, connection.makefile("rw") as stream:
+                request = stream.readline().strip()
+                try:
+                    if request not in actions:
+                        raise ValueError(f"unknown request {request!r}")
+                    log(request)
+                    actions[request](c)
+                    stream.write("ok\n")
+                except Exception as e:  # the answer carries it to the test that asked
+                    stream.write(f"error: {e}\n")
+
+    threading.Thread(target=loop, daemon=True).start()
+    return path
+
+
 def end_jobs(c: Cluster) -> None:
     """Cancel every job and wait until the controller has cleaned them up (slurmstepd outlives slurmd)."""
     if not any(name == "slurmctld" and proc.poll() is None for name, proc in c.daemons):
@@ -618,7 +670,8 @@ def main(argv: list[str]) -> int:
         if os.geteuid() == 0:
             ensure_packages()
         with cluster(args.dir, use_cgroups=False if args.no_cgroups else None, on_stop=runner.stop) as c:
-            return runner.run(command, c.env(), args.timeout)
+            control = serve_control(c)
+            return runner.run(command, {**c.env(), "BABYSIT_SLURM_CONTROL": str(control)}, args.timeout)
     except (ClusterError, subprocess.CalledProcessError) as e:
         log(f"error: {e}")
         return EXIT_USAGE

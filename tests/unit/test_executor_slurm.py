@@ -13,7 +13,7 @@ from babysit.core.protocol import KillReason, State
 from babysit.core.task import Caps, Host, Job, Task, derive_caps, spec_from_wire
 from babysit.executors.slurm import commands as slurm
 from babysit.executors.slurm.commands import Slurm
-from babysit.executors.slurm.executor import SlurmExecutor, job_caps, job_name, run_comment
+from babysit.executors.slurm.executor import SlurmExecutor, job_caps, job_name, run_comment, submitted_from
 from babysit.executors.slurm.rounds import Tracked, job_outcome, ran
 from tests.unit.test_slurm import SQUEUE_ALL
 
@@ -70,9 +70,16 @@ def test_a_jobs_last_output_is_its_output_files_change(tmp_path: Path) -> None:
     spec = spec_from_wire({"name": "train-4", "command": "python train.py"}, host)
     output = tmp_path / "train-4-7.out"
     task = Task(7, spec, derive_caps(spec, host), State.RUNNING, 0.0, job=Job(70, str(output)))
-    executor = SlurmExecutor(Slurm(env={}), Config(), host, tmp_path)
+    executor = SlurmExecutor(Slurm(env={}), Config(), tmp_path)
     executor.jobs[task.id] = Tracked(task.id, 70, output)
     assert executor.last_output_at(task) is None  # nothing written yet
     output.write_text("epoch 1\n")
     os.utime(output, (1_000_000.0, 1_000_000.0))
     assert executor.last_output_at(task) == 1_000_000.0
+
+
+def test_a_jobs_comment_says_which_run_of_which_host_it_is() -> None:
+    assert submitted_from(run_comment(7, "login1"), "login1") == 7
+    assert submitted_from(run_comment(7, "login1"), "login2") is None  # another login node's babysitd
+    assert submitted_from(run_comment(7, "login1.x"), "login1") is None
+    assert submitted_from("my own job", "login1") is None

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from babysit.core.protocol import State
+from babysit.core.task import Host, Outcome, Task, Usage, derive_caps, spec_from_wire
 from babysit.executors.slurm import commands as slurm
 from babysit.executors.slurm.commands import Job, JobUsage, Node, Slurm, SlurmError
+from babysit.executors.slurm.rounds import Rounds, Tracked
 
 MiB = 1 << 20
 US = slurm.SEP
@@ -72,12 +75,12 @@ SACCT_JUST_STARTED = fields("12|PENDING|0:0|None|1796236916|Unknown||allocation"
 
 # `sstat -j ID.batch -n -P --noconvert --format=MaxRSS,TresUsageInTot`, recorded on a hog that grows to
 # 200 MiB and then frees it: TresUsageInTot's mem= falls back, MaxRSS stays at the peak.
-SSTAT_GROWING = "191660032|cpu=00:00:00,energy=0,fs/disk=64054,mem=191660032,pages=0,vmem=191680512\n"
-SSTAT_FREED = "212639744|cpu=00:00:00,energy=0,fs/disk=64054,mem=2842624,pages=0,vmem=2863104\n"
+SSTAT_GROWING = "9.batch|191660032|cpu=00:00:00,energy=0,fs/disk=64054,mem=191660032,pages=0,vmem=191680512\n"
+SSTAT_FREED = "9.batch|212639744|cpu=00:00:00,energy=0,fs/disk=64054,mem=2842624,pages=0,vmem=2863104\n"
 # ... and on a CPU burner, 6 s into its run
-SSTAT_BURNING = "2628599808|cpu=00:00:06,energy=0,fs/disk=4395,mem=2628599808,pages=2,vmem=2628952064\n"
+SSTAT_BURNING = "9.batch|2628599808|cpu=00:00:06,energy=0,fs/disk=4395,mem=2628599808,pages=2,vmem=2628952064\n"
 # without --noconvert sizes come in K
-SSTAT_CONVERTED = "211868K|cpu=00:00:00,energy=0,fs/disk=4335,mem=6988K,pages=13,vmem=11412K\n"
+SSTAT_CONVERTED = "9.batch|211868K|cpu=00:00:00,energy=0,fs/disk=4335,mem=6988K,pages=13,vmem=11412K\n"
 
 # `sinfo -N -h -O SINFO_FORMAT`, recorded with one 1-CPU 50 MiB job running on the 2-CPU node
 SINFO = "vm|mixed|1/1/0/2|21695|50|debug*\n"
@@ -145,17 +148,23 @@ def test_sacct_records() -> None:
 
 
 def test_sstat_current_and_peak_memory() -> None:
-    assert slurm.parse_sstat(SSTAT_GROWING) == JobUsage(191660032, 191660032, 0.0)
-    assert slurm.parse_sstat(SSTAT_FREED) == JobUsage(2842624, 212639744, 0.0)
-    assert slurm.parse_sstat(SSTAT_BURNING) == JobUsage(2628599808, 2628599808, 6.0)
-    assert slurm.parse_sstat(SSTAT_CONVERTED) == JobUsage(6988 * 1024, 211868 * 1024, 0.0)
+    assert slurm.parse_sstat(SSTAT_GROWING) == {9: JobUsage(191660032, 191660032, 0.0)}
+    assert slurm.parse_sstat(SSTAT_FREED) == {9: JobUsage(2842624, 212639744, 0.0)}
+    assert slurm.parse_sstat(SSTAT_BURNING) == {9: JobUsage(2628599808, 2628599808, 6.0)}
+    assert slurm.parse_sstat(SSTAT_CONVERTED) == {9: JobUsage(6988 * 1024, 211868 * 1024, 0.0)}
+
+
+def test_sstat_of_several_jobs_at_once() -> None:
+    both = SSTAT_FREED + SSTAT_BURNING.replace("9.batch", "12.batch")
+    assert slurm.parse_sstat(both) == {9: JobUsage(2842624, 212639744, 0.0), 12: JobUsage(2628599808, 2628599808, 6.0)}
 
 
 def test_sstat_without_a_running_step() -> None:
     # before the job starts and after it ends sstat prints nothing on stdout (and exits 0)
-    assert slurm.parse_sstat("") is None
+    assert slurm.parse_sstat("") == {}
     # a gatherer that reports no TRES usage: the peak is the best live figure
-    assert slurm.parse_sstat("1032192|\n") == JobUsage(1032192, 1032192, None)
+    assert slurm.parse_sstat("9.batch|1032192|\n") == {9: JobUsage(1032192, 1032192, None)}
+    assert slurm.parse_sstat("9.extern|1032192|\n") == {}  # another step than the task's own
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -375,13 +384,25 @@ async def test_cancelling_a_job_that_is_gone_is_no_error(bin_dir: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_usage(bin_dir: Path) -> None:
-    stand_in(bin_dir, "sstat", SSTAT_FREED)
-    assert await client(bin_dir).usage(9) == JobUsage(2842624, 212639744, 0.0)
-    assert calls(bin_dir) == [f"-j 9.batch -n -P --noconvert --format={slurm.SSTAT_FIELDS}"]
+async def test_usages_of_every_running_job_in_one_call(bin_dir: Path) -> None:
+    stand_in(bin_dir, "sstat", SSTAT_FREED, stderr="sstat: error: couldn't get steps for job 13\n")
+    assert await client(bin_dir).usages([13, 9]) == {9: JobUsage(2842624, 212639744, 0.0)}
+    assert calls(bin_dir) == [f"-j 9.batch,13.batch -n -P --noconvert --format={slurm.SSTAT_FIELDS}"]
     # recorded: before the start and after the end, stderr only, and status 0
     stand_in(bin_dir, "sstat", stderr="sstat: error: StepId=9.batch not found running.\n")
-    assert await client(bin_dir).usage(9) is None
+    assert await client(bin_dir).usages([9]) == {}
+    assert await client(bin_dir).usages([]) == {}
+
+
+@pytest.mark.parametrize(("returncode", "stderr", "unreachable"), [
+    # recorded with slurmctld stopped: each command tries for ~9 s, then says so
+    (1, "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n", True),
+    (1, "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)\n", True),
+    (None, "no answer within 60s", True),
+    (1, "sbatch: error: Batch job submission failed: Invalid partition name specified\n", False),
+])
+def test_an_outage_is_told_apart_from_a_refusal(returncode: int | None, stderr: str, unreachable: bool) -> None:
+    assert slurm.SlurmError.of(["sbatch"], returncode, stderr).unreachable is unreachable
 
 
 @pytest.mark.asyncio
@@ -408,3 +429,47 @@ def test_slurm_error_of_a_command_or_of_a_cluster() -> None:
     assert str(of_command) == "sbatch '--wrap=x y' failed (1): sbatch: error: Invalid account"
     assert (of_command.argv, of_command.returncode) == (["sbatch", "--wrap=x y"], 1)
     assert str(SlurmError("no node can run jobs")) == "no node can run jobs"
+
+
+class Daemon:
+    """What a round reports to: the runs' records, and the starts it saw."""
+
+    def __init__(self, tasks: dict[int, Task]) -> None:
+        self.tasks, self.starts = tasks, []
+
+    def task(self, task_id: int) -> Task | None:
+        return self.tasks.get(task_id)
+
+    def running(self) -> list[Task]:
+        return list(self.tasks.values())
+
+    def started(self, task_id: int, at: float) -> None:
+        self.starts.append(task_id)
+
+    def sample_now(self, task_id: int) -> None:
+        pass
+
+    async def ended(self, task_id: int, outcome: Outcome, usage: Usage) -> None:
+        raise AssertionError("no job ended")
+
+
+@pytest.mark.asyncio
+async def test_a_round_asks_once_for_every_job(bin_dir: Path) -> None:
+    """Seen in review: each tick ran sstat once per running job."""
+    ids = (21, 22, 23)
+    stand_in(bin_dir, "squeue", fields(*(f"{i}|RUNNING|None|1796236916|1796237516|0|(null)|babysit-t{i}"
+                                         for i in ids)))
+    stand_in(bin_dir, "sstat", "".join(SSTAT_FREED.replace("9.batch", f"{i}.batch") for i in ids))
+    host = Host(mem_bytes=8 << 30, cores=2.0)
+    tasks = {}
+    for i in ids:
+        spec = spec_from_wire({"name": f"t{i}", "command": "true"}, host)
+        tasks[i] = Task(i, spec, derive_caps(spec, host), State.QUEUED, 0.0)
+    jobs = {i: Tracked(i, i, bin_dir / f"{i}.out") for i in ids}
+    rounds = Rounds(client(bin_dir), jobs)
+    rounds.events = daemon = Daemon(tasks)
+    await rounds.look()
+    assert [call.split()[0] for call in calls(bin_dir)] == ["-h", "-j"]  # one squeue, then one sstat
+    assert calls(bin_dir)[1].startswith("-j 21.batch,22.batch,23.batch ")
+    assert daemon.starts == list(ids)
+    assert all(jobs[i].usage == JobUsage(2842624, 212639744, 0.0) for i in ids)

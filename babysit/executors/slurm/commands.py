@@ -29,7 +29,7 @@ SQUEUE_FORMAT = ",".join(f"{f}:{SEP}" for f in ("JobID", "State", "Reason", "Sta
 SACCT_FIELDS = "JobIDRaw,State,ExitCode,Reason,Start,End,Comment,JobName"
 # MaxRSS is the peak; TresUsageInTot's mem= is the current RSS (it drops when a job frees memory) and
 # its cpu= the CPU time, both summed over the step's tasks. --noconvert prints bytes.
-SSTAT_FIELDS = "MaxRSS,TresUsageInTot"
+SSTAT_FIELDS = "JobID,MaxRSS,TresUsageInTot"
 SINFO_FORMAT = "NodeHost:|,StateLong:|,CPUsState:|,Memory:|,AllocMem:|,Partition:"
 
 # A job in one of these will not run again (jobs are submitted with --no-requeue).
@@ -42,6 +42,9 @@ _ENDED = FINAL_STATES | {"COMPLETING"}
 _USABLE_NODE_STATES = frozenset({"idle", "mixed", "allocated", "completing", "planned"})
 # Errors that mean "no such job (any more)", not a failure of the command.
 _GONE = ("Invalid job id specified", "already completing or completed")
+# What the client commands say when slurmctld is down or unreachable (each tries for its MessageTimeout).
+_UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Connection refused",
+                "Zero Bytes were transmitted or received")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 
@@ -54,6 +57,11 @@ class SlurmError(Exception):
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr = stderr
+
+    @property
+    def unreachable(self) -> bool:
+        """Whether the controller did not answer (an outage), as opposed to a refusal or a failed command."""
+        return self.returncode is None or any(sign in self.stderr for sign in _UNREACHABLE)
 
     @classmethod
     def of(cls, argv: Sequence[str], returncode: int | None, stderr: str) -> SlurmError:
@@ -190,20 +198,24 @@ def parse_sacct(output: str) -> dict[int, Job]:
     return jobs
 
 
-def parse_sstat(output: str) -> JobUsage | None:
-    """The usage in `sstat -n -P --noconvert --format=SSTAT_FIELDS` output; None when it printed none."""
+def parse_sstat(output: str) -> dict[int, JobUsage]:
+    """The usage of each job's batch step in `sstat -n -P --noconvert --format=SSTAT_FIELDS` output; a job
+    with no running step prints nothing (its error goes to stderr) and is absent."""
+    found = {}
     for line in output.splitlines():
-        max_rss, _, tres = line.partition("|")
-        if not tres and not max_rss.strip():
+        step, _, rest = line.partition("|")
+        max_rss, _, tres = rest.partition("|")
+        job_id, _, name = step.partition(".")
+        if name != "batch" or not job_id.isdigit():
             continue
         usage = dict(item.split("=", 1) for item in tres.strip().split(",") if "=" in item)
         peak = parse_size(max_rss)
         current = parse_size(usage.get("mem", ""))
         mem = current if current is not None else peak
-        if mem is None:
-            continue
-        return JobUsage(mem_bytes=mem, peak_mem_bytes=peak, cpu_seconds=parse_duration(usage.get("cpu", "")))
-    return None
+        if mem is not None:
+            found[int(job_id)] = JobUsage(mem_bytes=mem, peak_mem_bytes=peak,
+                                          cpu_seconds=parse_duration(usage.get("cpu", "")))
+    return found
 
 
 def parse_sinfo(output: str, partition: str | None) -> list[Node]:
@@ -357,10 +369,14 @@ class Slurm:
             found.update({i: j for i, j in parse_sacct(out).items() if i in forgotten})
         return found
 
-    async def usage(self, job_id: int) -> JobUsage | None:
-        """The batch step's current usage; None before it starts and after it ends."""
-        # sstat says "not found running" on stderr and exits 0 then.
-        out = await self._run(["sstat", "-j", f"{job_id}.batch", "-n", "-P", "--noconvert",
+    async def usages(self, job_ids: Iterable[int]) -> dict[int, JobUsage]:
+        """The batch steps' current usage, in one call; a job whose step is not running (yet, or any more)
+        is absent."""
+        wanted = sorted(set(job_ids))
+        if not wanted:
+            return {}
+        # sstat says "not found running" (or "couldn't get steps") on stderr for such a job, and exits 0.
+        out = await self._run(["sstat", "-j", ",".join(f"{i}.batch" for i in wanted), "-n", "-P", "--noconvert",
                                f"--format={SSTAT_FIELDS}"])
         return parse_sstat(out)
 

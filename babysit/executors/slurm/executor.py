@@ -13,8 +13,10 @@ import contextlib
 import logging
 import math
 import os
+import re
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,12 +25,13 @@ from babysit.common.config import Config
 from babysit.core.capacity import Reservation
 from babysit.core.protocol import State, unit_name
 from babysit.core.task import Caps, Host, Job, Outcome, Task
-from babysit.executors.base import Capacity, Orphan, Reading, RunEvents, StartRefused
+from babysit.executors.base import Capacity, Orphan, Reading, RunEvents, StartDeferred, StartRefused
 from babysit.executors.slurm import commands as slurm
 from babysit.executors.slurm.commands import Slurm, SlurmError
 from babysit.executors.slurm.rounds import PENDING, Rounds, Tracked
 
 log = logging.getLogger("babysitd")
+UNKNOWN_HOST = Host(mem_bytes=0, cores=0.0)
 PRESSURE_NOTE = ("host memory pressure is not watched with executor = \"slurm\": each job runs within its own "
                  "--mem on the cluster, which Slurm enforces")
 
@@ -37,6 +40,12 @@ def run_comment(run_id: int, origin: str) -> str:
     """The job's --comment: which run it is and which babysitd submitted it, for a daemon that restarted
     before it noted the job's id (several login nodes may each run one for the same user)."""
     return f"babysit run #{run_id} from {origin}"
+
+
+def submitted_from(comment: str, origin: str) -> int | None:
+    """The run id in a job's --comment when this host's babysitd submitted it (run_comment), else None."""
+    found = re.fullmatch(r"babysit run #(\d+) from (.*)", comment)
+    return int(found.group(1)) if found and found.group(2) == origin else None
 
 
 def job_name(task_name: str) -> str:
@@ -60,32 +69,45 @@ class SlurmExecutor:
     queues = True
     pressure_applies = False
 
-    def __init__(self, slurm: Slurm, settings: Config, host: Host, output_dir: Path) -> None:
+    def __init__(self, slurm: Slurm, settings: Config, output_dir: Path) -> None:
         self.slurm = slurm
         self.config = settings
-        self.host = host
+        self.host = UNKNOWN_HOST  # until the cluster first answers: then its largest node
         self.output_dir = output_dir
         output_dir.mkdir(parents=True, exist_ok=True)
         self.caps_missing: list[str] = []
         self.advice: list[str] = [PRESSURE_NOTE]
+        self.trouble: str | None = None  # why the controller cannot be reached now (see ask)
         self.jobs: dict[int, Tracked] = {}  # run id -> its job
         self.rounds = Rounds(slurm, self.jobs)
         self.origin = socket.gethostname()
-        self.room = Capacity(host, host.mem_bytes, held=())  # until the first answer
+        self.room = Capacity(self.host, 0, held=())  # until the first answer
+        self.unsure: set[int] = set()  # queued runs whose sbatch may have gone through without a word back
+        self.sweep_due = False  # the look for jobs no record knows waits for a controller that answers
 
     @classmethod
     async def connect(cls, settings: Config, state_dir: Path) -> SlurmExecutor:
-        """The cluster's executor; its largest node is what per-task caps are shares of."""
-        cluster = Slurm()
-        nodes = await cluster.nodes(settings.slurm_partition or None)
-        if not nodes:
-            raise SlurmError(f"no node in partition {settings.slurm_partition or '(the default)'} can run jobs")
-        largest = max(nodes, key=lambda n: (n.mem_bytes, n.cpus))
-        host = Host(mem_bytes=largest.mem_bytes, cores=float(largest.cpus))
+        """The cluster's executor; its largest node is what per-task caps are shares of. A controller that
+        does not answer leaves it up, saying so (trouble), and it is asked again each tick."""
         output_dir = Path(settings.slurm_output_dir or state_dir / "slurm").expanduser()
-        executor = cls(cluster, settings, host, output_dir)
-        await executor.refresh_room()
+        executor = cls(Slurm(), settings, output_dir)
+        await executor.ask(executor.refresh_room)
         return executor
+
+    async def ask(self, questions: Callable[[], Awaitable[None]]) -> bool:
+        """Put questions to Slurm; whether it answered. An unreachable controller is noted as trouble (ping
+        and status say it, `run` refuses, the queue waits) until it answers again."""
+        try:
+            await questions()
+        except SlurmError as e:
+            if not e.unreachable:
+                raise
+            self.unreachable(e)
+            return False
+        if self.trouble:
+            log.info("the Slurm controller answers again")
+            self.trouble = None
+        return True
 
     async def open(self, daemon: RunEvents) -> None:
         self.rounds.events = daemon
@@ -94,24 +116,42 @@ class SlurmExecutor:
         """The room as the last round found it: Slurm's free figures already count every job's allocation."""
         return self.room
 
+    def unreachable(self, e: SlurmError) -> None:
+        if self.trouble is None:
+            log.warning("the Slurm controller does not answer (%s); asking again each tick", e)
+            said = e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e)
+            self.trouble = f"the Slurm controller has not answered since {time.strftime('%H:%M:%S')} ({said})"
+
     async def refresh(self) -> None:
-        """Ask Slurm for the room now: other users' jobs take and free it without a word to babysit."""
-        await self.refresh_room()
+        """Nothing: the room is the last round's (each tick asks sinfo), since a decision must not wait on a
+        controller that may be slow to answer."""
 
     # --- the scheduler's requests -------------------------------------------------------------------
 
     async def start(self, task: Task) -> Task:
-        """Submit the task as a batch job; it stays queued until Slurm starts it."""
+        """Submit the task as a batch job; it stays queued until Slurm starts it. A submission that may have
+        reached the controller without an answer is looked for first: a run is never submitted twice."""
         output, cpus = self.output_of(task), job_cpus(task)
         caps = job_caps(task.caps, cpus)
         try:
+            if task.id in self.unsure and (found := await self.submitted(task)):
+                self.jobs[task.id] = Tracked(task.id, found, output)
+                log.info("%s was submitted as slurm job %d before its answer was lost", task.name, found)
+                return task.with_(caps=caps, job=Job(found, str(output)))
             job_id = await self.slurm.submit(
                 name=job_name(task.name), command=task.spec.command, cwd=str(Path(task.spec.cwd).expanduser()),
                 env=task.spec.env, mem_bytes=caps.memory_max_bytes, cpus=cpus, time_limit_s=caps.runtime_max_s,
                 output=str(output), partition=self.config.slurm_partition or None,
                 account=self.config.slurm_account or None, comment=run_comment(task.id, self.origin))
-        except (SlurmError, ValueError) as e:
+        except SlurmError as e:
+            if not e.unreachable:
+                raise StartRefused(f"sbatch refused it: {e}") from None
+            self.unsure.add(task.id)
+            self.unreachable(e)
+            raise StartDeferred(f"the Slurm controller did not answer ({e}); it is submitted once it does") from None
+        except ValueError as e:
             raise StartRefused(f"sbatch refused it: {e}") from None
+        self.unsure.discard(task.id)
         failpoints.crash("submitted", task.name)  # a daemon that dies before it notes the job
         self.jobs[task.id] = Tracked(task.id, job_id, output)
         log.info("submitted %s as slurm job %d", task.name, job_id)
@@ -119,7 +159,7 @@ class SlurmExecutor:
 
     async def stop(self, task: Task) -> None:
         """SIGTERM to the batch script and its steps, SIGKILL after the grace (see supervise)."""
-        tracked = self.tracked(task)
+        tracked = self.jobs.get(task.id)
         if tracked is None:
             return
         if tracked.state in PENDING:  # nothing runs yet that a signal could reach
@@ -133,7 +173,7 @@ class SlurmExecutor:
         return was
 
     def read(self, task: Task) -> Reading | None:
-        tracked = self.tracked(task)
+        tracked = self.jobs.get(task.id)
         if tracked is None or tracked.usage is None:
             return None
         u = tracked.usage
@@ -141,12 +181,14 @@ class SlurmExecutor:
 
     def waiting_for(self, task: Task) -> str | None:
         """Slurm's reason for a pending job (Resources, Priority, ...)."""
-        tracked = self.tracked(task)
-        return f"slurm: {tracked.reason or 'submitting'}" if tracked else None
+        tracked = self.jobs.get(task.id)
+        if tracked:
+            return f"slurm: {tracked.reason or 'submitting'}"
+        return "the Slurm controller to answer" if self.trouble else "slurm: submitting"
 
     def last_output_at(self, task: Task) -> float | None:
         """The output file's last change: what a job's programs flush goes straight there."""
-        tracked = self.tracked(task)
+        tracked = self.jobs.get(task.id)
         with contextlib.suppress(OSError):
             return os.stat(tracked.output).st_mtime if tracked else None
         return None
@@ -157,19 +199,20 @@ class SlurmExecutor:
     # --- a restarted daemon ---------------------------------------------------------------------------
 
     async def recover_queued(self, task: Task) -> Task:
-        """A queued run: submitted before the daemon stopped (then tracked again), or not yet."""
+        """A queued run: submitted before the daemon stopped (then tracked again), or perhaps not (then its
+        start looks for the job first, by its name and comment)."""
         if task.job is None:
-            found = [job for job in await self.slurm.by_name(job_name(task.name), ended_too=True)
-                     if job.comment == run_comment(task.id, self.origin)]
-            if not found:
-                return task  # the scheduler submits it (Scheduler.drain)
-            task = task.with_(caps=job_caps(task.caps, job_cpus(task)), job=Job(found[0].job_id,
-                                                                                 str(self.output_of(task))))
-            log.info("recovered %s: submitted as job %d just before the last daemon stopped", task.name,
-                     found[0].job_id)
-        assert task.job is not None
+            self.unsure.add(task.id)
+            return task
         self.jobs[task.id] = Tracked(task.id, task.job.job_id, Path(task.job.output))
         return task
+
+    async def submitted(self, task: Task) -> int | None:
+        """The job of this run, if an earlier submission reached the controller."""
+        found = [job for job in await self.slurm.by_name(job_name(task.name), ended_too=True)
+                 if job.comment == run_comment(task.id, self.origin)]
+        self.unsure.discard(task.id)
+        return found[0].job_id if found else None
 
     async def adopt(self, task: Task) -> None:
         """Track a running job again; the next round says whether it is still running."""
@@ -182,17 +225,24 @@ class SlurmExecutor:
         log.info("adopted running task %s (slurm job %d)", task.name, task.job.job_id)
 
     async def unrecorded(self, known: set[str]) -> list[Orphan]:
-        """None to record again: a job's name and comment do not hold its estimates, so it is cancelled."""
-        await self.cancel_unrecorded(known)
+        """None to record again: a job's name and comment do not hold its estimates, so it is cancelled
+        (once the controller answers)."""
+        self.sweep_due = True
+        if not self.trouble:  # else the first round that gets an answer looks
+            await self.ask(self.cancel_unrecorded)
         return []
 
-    async def cancel_unrecorded(self, known: set[str]) -> None:
-        """This babysitd's jobs that no record knows are cancelled: babysit never leaves a job it does not track."""
+    async def cancel_unrecorded(self) -> None:
+        """This babysitd's jobs that no live record knows are cancelled: babysit never leaves a job it does
+        not track."""
         for job in await self.slurm.by_name_prefix(job_name("")):
-            ours = job.comment.startswith("babysit run #") and job.comment.endswith(f" from {self.origin}")
-            if ours and job.name.removeprefix(job_name("")) not in known:
-                log.warning("cancelling slurm job %d (%s): babysit has no record of it", job.job_id, job.name)
-                await self.slurm.cancel(job.job_id, "KILL")
+            run_id = submitted_from(job.comment, self.origin)
+            task = self.rounds.daemon.task(run_id) if run_id is not None else None
+            if run_id is None or (task and job_name(task.name) == job.name):
+                continue
+            log.warning("cancelling slurm job %d (%s): babysit has no record of it", job.job_id, job.name)
+            await self.slurm.cancel(job.job_id, "KILL")
+        self.sweep_due = False
 
     async def tidy(self, known: set[str]) -> None:
         """Nothing stays behind a finished job but its output file, which is its log."""
@@ -208,15 +258,28 @@ class SlurmExecutor:
         while True:
             await asyncio.sleep(self.config.tick_s)
             try:
-                await self.rounds.look()
-                await self.refresh_room()
-            except SlurmError as e:  # a controller that is down for a moment must not end the supervision
+                await self.ask(self.look)
+            except SlurmError as e:  # a command that fails must not end the supervision
                 log.warning("asking Slurm failed (%s); asking again in %.1fs", e, self.config.tick_s)
             except Exception:  # nor does anything else: the next round asks again
                 log.exception("error while following the jobs; asking again in %.1fs", self.config.tick_s)
 
+    async def look(self) -> None:
+        """One round; then the room, which holds what the jobs that started meanwhile were given; then the
+        look for unrecorded jobs, if the start could not make it."""
+        await self.rounds.look()
+        await self.refresh_room()
+        if self.sweep_due:
+            await self.cancel_unrecorded()
+
     async def refresh_room(self) -> None:
         nodes = await self.slurm.nodes(self.config.slurm_partition or None)
+        if not nodes:
+            raise SlurmError(f"no node in partition {self.config.slurm_partition or '(the default)'} can run jobs",
+                             stderr="no node can run jobs")
+        if self.host == UNKNOWN_HOST:
+            largest = max(nodes, key=lambda n: (n.mem_bytes, n.cpus))
+            self.host = Host(mem_bytes=largest.mem_bytes, cores=float(largest.cpus))
         best = max(nodes, key=lambda n: (n.idle_cpus, n.free_mem_bytes), default=None)
         if best:  # a job runs on one node: the room is the roomiest node's, less what Slurm gave its jobs
             given = Reservation(f"(slurm: allocated on {best.name})", best.mem_bytes - best.free_mem_bytes,
@@ -225,6 +288,3 @@ class SlurmExecutor:
 
     def output_of(self, task: Task) -> Path:
         return self.output_dir / f"{task.name}-{task.id}.out"
-
-    def tracked(self, task: Task) -> Tracked | None:
-        return self.jobs.get(task.id)

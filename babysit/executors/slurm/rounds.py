@@ -77,18 +77,20 @@ class Rounds(Reporting):
         self.jobs = jobs  # the executor's, by run id
 
     async def look(self) -> None:
-        """One round: the jobs' states, the running ones' usage, the SIGKILLs that are due."""
+        """One round: the jobs' states (one squeue, and one sacct for those it forgot), the running ones' usage
+        (one sstat), the SIGKILLs that are due."""
         states = await self.slurm.jobs([t.job_id for t in self.jobs.values()]) if self.jobs else {}
+        usages = await self.slurm.usages([i for i, job in states.items() if job.state == "RUNNING"])
         for tracked in list(self.jobs.values()):
             try:
-                await self.look_at(tracked, states.get(tracked.job_id))
+                await self.look_at(tracked, states.get(tracked.job_id), usages.get(tracked.job_id))
             except SlurmError:
                 raise
             except Exception:  # one job's trouble must not cost the others their supervision
                 log.exception("error while following slurm job %d; the other jobs are still followed",
                               tracked.job_id)
 
-    async def look_at(self, tracked: Tracked, job: slurm.Job | None) -> None:
+    async def look_at(self, tracked: Tracked, job: slurm.Job | None, usage: JobUsage | None) -> None:
         now = time.monotonic()
         if job is None:
             await self.lost(tracked, now)
@@ -98,7 +100,7 @@ class Rounds(Reporting):
             tracked.seen_running = True
             self.daemon.started(tracked.task_id, job.start_time or time.time())
         if job.state == "RUNNING":
-            tracked.usage = await self.slurm.usage(tracked.job_id) or tracked.usage
+            tracked.usage = usage or tracked.usage
         if job.ended:
             await self.conclude(tracked, job)
             return

@@ -45,6 +45,7 @@ class SystemdExecutor:
     kind = "systemd"
     queues = False
     pressure_applies = True
+    trouble: str | None = None  # the user manager is this process's own bus peer: if it goes, so does babysitd
 
     def __init__(self, systemd: Systemd, settings: Config, layout: Layout, manager_cgroup: str,
                  caps_missing: list[str], ends_dir: Path) -> None:
