@@ -140,6 +140,11 @@ def run(
             return queued, None
         return queued, (await c.status(queued)).get("estimates_from")  # some were left to earlier runs
 
+    from babysit.core.task import unusable_env_names
+
+    dropped = unusable_env_names(os.environ)
+    if dropped:
+        typer.echo(f"babysit: not passed to the task (no task can take these names): {', '.join(dropped)}", err=True)
     queued, learned = call(submit)
     typer.echo(f"queued: {queued}" + (f" (estimates from {learned})" if learned else ""))
 
@@ -242,13 +247,14 @@ def status(name: str = Name, as_json: bool = typer.Option(False, "--json", help=
     from rich.table import Table
 
     from babysit.cli.charts import usage_charts
+    from babysit.cli.shown import literal
 
     timeline = report.pop("timeline", None) or {}
     table = Table(show_header=False, box=None)
     for key, value in report.items():
-        table.add_row(f"[bold]{key}[/]", json.dumps(value) if isinstance(value, list | dict) else str(value))
+        table.add_row(literal(key, "bold"), literal(json.dumps(value) if isinstance(value, list | dict) else str(value)))
     for label, chart in usage_charts(report, timeline):
-        table.add_row(f"[bold]{label}[/]", chart)
+        table.add_row(literal(label, "bold"), chart)
     Console().print(table)
 
 
@@ -289,10 +295,13 @@ def print_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        from babysit.cli.shown import literal
+
         state = columns.index("state")
         table = Table(*columns)
         for r in rows:
-            table.add_row(*r[:state], f"[{STATE_STYLE.get(r[state].split()[0], '')}]{r[state]}[/]", *r[state + 1:])
+            style = STATE_STYLE.get(r[state].split()[0], "")
+            table.add_row(*(literal(cell, style if i == state else "") for i, cell in enumerate(r)))
         Console().print(table)
         return
     # one iterable per column (header included): with no task, max() must not get a lone int
@@ -389,23 +398,30 @@ def log(
     name: str = Name,
     tail: int = typer.Option(15, "--tail", help="lines to show"),
     follow: bool = typer.Option(False, "--follow", "-f", help="stream until the task is terminal"),
+    raw: bool = typer.Option(False, "--raw", help="on a terminal too, the bytes as the task wrote them "
+                                                  "(escape sequences included)"),
 ) -> None:
-    """The task's output, from journald (or its Slurm job's file). Example: babysit log --name=train --tail=50 -f"""
+    """The task's output, from journald (or its Slurm job's file). Example: babysit log --name=train --tail=50 -f
+
+    On a terminal, control characters are shown as \\xNN, so output cannot drive the terminal; pipes get it as is.
+    """
     report = call(lambda c: c.status(name))
+    out = Output(sys.stdout.isatty() and not raw)
     if report.get("output_file"):
-        _log_file(name, Path(report["output_file"]), tail, follow and not State(report["status"]).terminal)
+        _log_file(name, Path(report["output_file"]), tail, follow and not State(report["status"]).terminal, out)
         return
-    base = ["journalctl", "--user", *output_matches(name), "-o", "cat", "--no-pager"]
+    # --all: journalctl shows a line with control characters as "[N B blob data]" otherwise
+    base = ["journalctl", "--user", *output_matches(name), "-o", "cat", "--all", "--no-pager"]
     argv = list(base)
     if report.get("started_at"):
         argv.append(f"--since=@{int(datetime.fromisoformat(report['started_at']).timestamp())}")
     if not follow or State(report["status"]).terminal:
-        raise typer.Exit(subprocess.run([*argv, "-n", str(tail)]).returncode)
+        raise typer.Exit(out.relay([*argv, "-n", str(tail)]))
     with subprocess.Popen([*argv, "-n", str(tail), "-f", "-o", "json"], stdout=subprocess.PIPE, text=True) as journal:
         cursor = {"last": ""}
 
         async def relay_until_terminal(c: Client) -> None:
-            relay = asyncio.get_running_loop().run_in_executor(None, _relay, journal, cursor)
+            relay = asyncio.get_running_loop().run_in_executor(None, _relay, journal, cursor, out)
             await c.wait(name)
             await _until_quiet(cursor)
             journal.terminate()
@@ -414,10 +430,33 @@ def log(
         call(relay_until_terminal)
     # the lines journald stored after the follower stopped
     catch_up = [*base, "--after-cursor", cursor["last"]] if cursor["last"] else [*argv, "-n", str(tail)]
-    subprocess.run(catch_up)
+    out.relay(catch_up)
 
 
-def _log_file(name: str, path: Path, tail: int, follow: bool) -> None:
+class Output:
+    """Where `log` writes a task's output: as it is, or made printable (shown.printable) for a terminal."""
+
+    def __init__(self, printable: bool) -> None:
+        self.printable = printable
+
+    def write(self, data: bytes) -> None:
+        if self.printable:
+            from babysit.cli.shown import printable
+
+            data = printable(data.decode(errors="replace")).encode()
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+    def relay(self, argv: list[str]) -> int:
+        """Run a command, its stdout through write(); its exit status."""
+        if not self.printable:
+            return subprocess.run(argv).returncode
+        done = subprocess.run(argv, stdout=subprocess.PIPE)
+        self.write(done.stdout)
+        return done.returncode
+
+
+def _log_file(name: str, path: Path, tail: int, follow: bool, out: Output) -> None:
     """The last `tail` lines of a task's output file; with `follow`, what it adds until the task is terminal."""
     try:
         output = path.open("rb")
@@ -425,8 +464,7 @@ def _log_file(name: str, path: Path, tail: int, follow: bool) -> None:
         output = None
     if output:
         lines = output.read().splitlines(keepends=True)
-        sys.stdout.buffer.write(b"".join(lines[-tail:]) if tail else b"")
-        sys.stdout.flush()
+        out.write(b"".join(lines[-tail:]) if tail else b"")
     if not follow:
         return
     done = asyncio.Event()
@@ -440,8 +478,7 @@ def _log_file(name: str, path: Path, tail: int, follow: bool) -> None:
             while True:
                 output = output or (path.open("rb") if path.exists() else None)
                 if output and (chunk := output.read()):
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
+                    out.write(chunk)
                 elif done.is_set():
                     return
                 await asyncio.sleep(0.2)
@@ -465,7 +502,7 @@ async def _until_quiet(cursor: dict[str, str], quiet_s: float = 0.25, limit_s: f
             return
 
 
-def _relay(journal: subprocess.Popen, cursor: dict[str, str]) -> None:
+def _relay(journal: subprocess.Popen, cursor: dict[str, str], out: Output) -> None:
     """Print the messages of journalctl's JSON lines, keeping the cursor of the last one."""
     assert journal.stdout is not None
     for line in journal.stdout:
@@ -476,8 +513,7 @@ def _relay(journal: subprocess.Popen, cursor: dict[str, str]) -> None:
         message = entry.get("MESSAGE") or ""
         if isinstance(message, list):  # journald's JSON gives non-UTF-8 messages as byte arrays
             message = bytes(message).decode(errors="replace")
-        sys.stdout.write(message + "\n")
-        sys.stdout.flush()
+        out.write(f"{message}\n".encode())
 
 
 @app.command()

@@ -41,6 +41,20 @@ class Config:
 EXECUTORS = ("systemd", "slurm")
 
 
+def most(key: str) -> float:
+    """The largest sane value of a numeric key (NaN and infinity are never one: `tick_s = inf` would stop
+    the sampling, `stop_grace_s = nan` every start)."""
+    if key.endswith("_pct"):
+        return 100
+    if key.endswith("_s"):
+        return 86400  # a day
+    if key.endswith("_bytes"):
+        return 1 << 60
+    if key == "history_max_days":
+        return 36500
+    return 10_000_000  # counts: max_live_tasks, history_max_runs
+
+
 def default_path() -> Path:
     config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
     return Path(config_home, "babysit", "config.toml")
@@ -75,8 +89,8 @@ def parse(text: str) -> Config:
         if key in ("mem_budget_bytes", "pressure_free_bytes") and isinstance(value, str):
             values[key] = parse_size(value)
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise InvalidArgument(f"config.toml: {key} must be a positive number")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= most(key):
+            raise InvalidArgument(f"config.toml: {key} must be a number more than 0 and at most {most(key):g}")
         values[key] = int(value) if key in ("mem_budget_bytes", "pressure_free_bytes") else float(value)
     return Config(**values)
 

@@ -14,10 +14,9 @@ DIMENSIONS = ("elapsed", "mem", "cpu")
 
 @dataclass(frozen=True)
 class Observation:
-    """One sample of a running task."""
+    """One sample of a running task (its elapsed time is a deadline of its own: see babysit.daemon.deadlines)."""
 
     at: float  # seconds on a monotonic clock
-    elapsed_s: float
     mem_bytes: int
     cpu_cores: float
 
@@ -50,9 +49,8 @@ class Verdict:
 
 
 def actuals(obs: Observation, est: Estimates) -> dict[str, tuple[float, float]]:
-    """(actual, estimate) per dimension."""
-    return {"elapsed": (obs.elapsed_s, est.time_s), "mem": (obs.mem_bytes, est.mem_bytes),
-            "cpu": (obs.cpu_cores, est.cpu_cores)}
+    """(actual, estimate) per sampled dimension."""
+    return {"mem": (obs.mem_bytes, est.mem_bytes), "cpu": (obs.cpu_cores, est.cpu_cores)}
 
 
 def stalled(last_output_at: float, now: float, interval_s: float) -> bool:
@@ -74,8 +72,8 @@ def sample_interval(mem_bytes: int, cpu_cores: float, est: Estimates, tick_s: fl
 
 
 def evaluate(obs: Observation, est: Estimates, memory: Memory, tolerance_s: float) -> Verdict:
-    """Warn the first time each estimate is exceeded; stop a task that is 2x over for the whole
-    tolerance window. (kill_timeout and stalls are deadlines, not samples: see `stalled`.)"""
+    """Warn the first time the memory or CPU estimate is exceeded; stop a task that is 2x over for the whole
+    tolerance window. (The time estimate, kill_timeout and stalls are deadlines, not samples: see `stalled`.)"""
     figures = actuals(obs, est)
     risks = tuple(RunawayRisk(dim, actual, estimate) for dim, (actual, estimate) in figures.items()
                   if actual > estimate and dim not in memory.warned)

@@ -22,10 +22,10 @@ def parse_duration(text: str) -> float:
     else:
         match = _DURATION.fullmatch(text)
         if not text or not match or not any(match.groups()):
-            raise InvalidArgument(f"invalid duration {text!r}: use e.g. 90, 90s, 10m, 2h, 1h30m, 1d")
+            raise InvalidArgument(f"invalid duration {shortened(text)!r}: use e.g. 90, 90s, 10m, 2h, 1h30m, 1d")
         seconds = sum(float(v) * u for v, u in zip(match.groups(), _DURATION_UNITS.values()) if v)
     if not 0 < seconds <= MAX_DURATION_S:
-        raise InvalidArgument(f"duration {text!r} must be more than 0 and at most 365d")
+        raise InvalidArgument(f"duration {shortened(text)!r} must be more than 0 and at most 365d")
     return seconds
 
 
@@ -33,11 +33,16 @@ def parse_size(text: str) -> int:
     """Bytes from `4096`, `512M`, `4G`, `1.5G`, `4GiB` (powers of 1024); else InvalidArgument."""
     match = _SIZE.fullmatch(text.strip())
     if not match:
-        raise InvalidArgument(f"invalid size {text!r}: use e.g. 4096, 512M, 4G, 1.5G, 4GiB")
-    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+        raise InvalidArgument(f"invalid size {shortened(text)!r}: use e.g. 4096, 512M, 4G, 1.5G, 4GiB")
+    size = float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]  # 400 digits make inf
     if not 0 < size <= MAX_SIZE:
-        raise InvalidArgument(f"size {text!r} must be more than 0 bytes and at most 1 EiB")
-    return size
+        raise InvalidArgument(f"size {shortened(text)!r} must be more than 0 bytes and at most 1 EiB")
+    return int(size)
+
+
+def shortened(text: str, most: int = 40) -> str:
+    """Text a refusal quotes, cut to a readable length."""
+    return text if len(text) <= most else f"{text[:most]}..."
 
 
 def format_size(size: float | None, compact: bool = False) -> str:

@@ -49,7 +49,7 @@ def result(task: Task, now: float) -> dict[str, Any]:
         "runtime_max_s": caps.runtime_max_s,
         # a Slurm job's output is a file (shlex.join quotes it for a shell)
         "unit": f"slurm job {task.job.job_id}" if task.job else unit_name(task.name),
-        "log_cmd": shlex.join(["cat", task.job.output]) if task.job else log_command(task.name),
+        "log_cmd": shlex.join(["cat", output]) if (output := output_file(task)) else log_command(task.name),
     }
     if outcome and outcome.detail:
         report["detail"] = outcome.detail
@@ -66,7 +66,13 @@ def status(task: Task, now: float) -> dict[str, Any]:
         "cpu_cores": round(task.usage.cpu_cores, 3),
         "silent_s": None,  # journald tells, when asked: the daemon fills it in for a running task
         "estimates_from": task.spec.estimates_from or None,
-    } | ({"output_file": task.job.output} if task.job else {})
+    } | ({"output_file": output} if (output := output_file(task)) else {})
+
+
+def output_file(task: Task) -> str | None:
+    """The file that holds a run's output, where it is not in the journal: a Slurm job's, or a unit's on a
+    host whose journald keeps none the user can read."""
+    return task.job.output if task.job else task.output_file
 
 
 LISTED_COMMAND_CHARS = 1024  # a List reply of the most tasks stays a few MB (D-Bus arrays end at 64 MiB)

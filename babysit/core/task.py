@@ -13,6 +13,7 @@ from babysit.core.quantities import format_size, parse_duration, parse_size
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+EXPORTED_FUNCTION = re.compile(r"BASH_FUNC_[^=\s/]+%%")
 KiB, GiB = 1 << 10, 1 << 30
 # What one task may carry: every queued task is held in babysitd's memory with its command and environment,
 # so these and config max_live_tasks bound it (tests/integration/test_load.py starts the largest store).
@@ -108,10 +109,10 @@ def _size(wire: Mapping[str, Any], key: str) -> int | None:
     value = _get(wire, key, (str, int, float))
     if value is None:
         return None
-    size = parse_size(value) if isinstance(value, str) else int(value)
-    if not 0 < size <= 1 << 60:
+    size = parse_size(value) if isinstance(value, str) else value
+    if not 0 < size <= 1 << 60:  # NaN fails this too
         raise InvalidArgument(f"{key} must be more than 0 bytes and at most 1 EiB")
-    return size
+    return int(size)
 
 
 def _number(wire: Mapping[str, Any], key: str, low: float, high: float) -> float | None:
@@ -127,11 +128,30 @@ def _number(wire: Mapping[str, Any], key: str, low: float, high: float) -> float
     return number
 
 
+def is_exported_function(name: str, value: str) -> bool:
+    """Whether a variable is a shell function the caller exported (`export -f f`: BASH_FUNC_f%%='() {...}'),
+    in the form bash itself imports. Environment Modules and Lmod export theirs on most HPC login nodes."""
+    return bool(EXPORTED_FUNCTION.fullmatch(name)) and value.startswith("() {")
+
+
+def unusable_env_names(env: Mapping[str, str]) -> list[str]:
+    """The names no task can be given: neither a variable name nor an exported function (they are dropped)."""
+    return [k for k, v in env.items() if not ENV_NAME.fullmatch(k) and not is_exported_function(k, v)]
+
+
+def split_env(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The variables (what a unit's Environment takes) and the exported functions, which no unit takes by
+    name: the executors hand those to bash through env(1), and bash imports them as it would its own."""
+    functions = {k: v for k, v in env.items() if is_exported_function(k, v)}
+    return {k: v for k, v in env.items() if k not in functions}, functions
+
+
 def clean_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The caller's environment as a unit can take it: valid names, no systemd-owned variables, not too big."""
-    bad = [k for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str) or not ENV_NAME.fullmatch(k)]
-    if bad:
-        raise InvalidArgument(f"invalid environment variable names: {', '.join(map(repr, bad[:5]))}")
+    """The caller's environment as a task can take it: variables and exported functions (other names are
+    dropped), no systemd-owned variables, not too big."""
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise InvalidArgument("env must map names to strings")
+    env = {k: v for k, v in env.items() if k not in unusable_env_names(env)}
     size = sum(len(k.encode()) + len(v.encode(errors="replace")) + 2 for k, v in env.items())
     if size > MAX_ENV_BYTES:
         largest = sorted(env, key=lambda k: len(env[k]), reverse=True)[:3]
@@ -143,6 +163,9 @@ def clean_env(env: Mapping[str, str]) -> dict[str, str]:
 SPEC_FIELDS = {"name", "command", "cwd", "env", "estimated_time", "kill_timeout", "observability_interval",
                "mem_pct_limit", "cpu_pct_limit", "estimated_mem_bytes", "estimated_cpu_cores", "request_id",
                "buffering"}
+# what `Adjust` may change: a run's command, environment and directory are what it was started with
+ADJUSTABLE_FIELDS = ("estimated_time", "kill_timeout", "observability_interval", "estimated_mem_bytes",
+                     "estimated_cpu_cores", "mem_pct_limit", "cpu_pct_limit")
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -284,6 +307,7 @@ class Task:
     outcome: Outcome | None = None
     usage: Usage = field(default_factory=Usage)
     job: Job | None = None  # where an executor other than systemd runs it
+    output_file: str | None = None  # a file that holds its output, where babysit cannot read it from journald
 
     @property
     def name(self) -> str:

@@ -10,10 +10,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from babysit.common.background import Background
-from babysit.core import policy
+from babysit.core import policy, report
 from babysit.core.protocol import KillReason, State
 from babysit.core.task import Task
 from babysit.daemon.ledger import Ledger
@@ -33,12 +34,22 @@ class Deadlines:
         self.background = Background()
 
     def arm(self, task: Task, watch: Watch) -> None:
-        """The task's kill_timeout and its next stall check."""
+        """The task's kill_timeout, the passing of its time estimate, and its next stall check.
+
+        All on the monotonic clock (asyncio's own): a wall-clock step neither ends a task early nor lets a
+        silent one run on, and a suspend is not silence. The start is placed on that clock once, from how
+        long ago it started (a restarted babysitd knows only that).
+        """
         watch.disarm()
-        loop, now, e = asyncio.get_running_loop(), time.time(), task.spec.estimates
-        started = task.started_at or now
-        watch.last_output_at = max(watch.last_output_at, started)
-        watch.timeout_timer = loop.call_later(max(0.0, started + e.kill_timeout_s - now), self.on_timeout, task.id)
+        loop, now, e = asyncio.get_running_loop(), time.monotonic(), task.spec.estimates
+        if watch.started is None:
+            watch.started = now - max(0.0, time.time() - (task.started_at or time.time()))
+        watch.last_output_at = max(watch.last_output_at, watch.started)
+        watch.timeout_timer = loop.call_later(max(0.0, watch.started + e.kill_timeout_s - now), self.on_timeout,
+                                              task.id)
+        if "elapsed" not in watch.policy.warned:
+            watch.estimate_timer = loop.call_later(max(0.0, watch.started + e.time_s - now),
+                                                   self.on_estimate_passed, task.id)
         watch.stall_timer = loop.call_later(max(0.0, watch.last_output_at + e.observability_interval_s - now),
                                             self.on_stall_check, task.id)
 
@@ -54,6 +65,15 @@ class Deadlines:
         if found := self.still_due(task_id):
             self.stop_soon(found[0], KillReason.TIMEOUT)
 
+    def on_estimate_passed(self, task_id: int) -> None:
+        """The time estimate has passed: the elapsed warning, at once (not at the next sample)."""
+        found = self.still_due(task_id)
+        if found is None:
+            return
+        task, watch = found
+        with isolated(task, "warning that it runs past its estimate"):
+            self.warn(task, watch, policy.RunawayRisk("elapsed", round(watch.elapsed_s(), 3), task.spec.estimates.time_s))
+
     def on_stall_check(self, task_id: int) -> None:
         """At the stall deadline, ask when the task last wrote; stop it, or check again later."""
         found = self.still_due(task_id)
@@ -63,24 +83,30 @@ class Deadlines:
         interval = task.spec.estimates.observability_interval_s
         with isolated(task, "checking it for a stall"):
             self.note_output(task, watch)
-            if policy.stalled(watch.last_output_at, time.time(), interval):
+            if policy.stalled(watch.last_output_at, time.monotonic(), interval):
                 self.stop_soon(task, KillReason.OBSERVABILITY_STALL)
                 return
         watch.stall_timer = asyncio.get_running_loop().call_later(
-            max(0.0, watch.last_output_at + interval - time.time()), self.on_stall_check, task.id)
+            max(0.0, watch.last_output_at + interval - time.monotonic()), self.on_stall_check, task.id)
+
+    def warn(self, task: Task, watch: Watch, risk: policy.RunawayRisk) -> None:
+        """A runaway_risk event: an estimate exceeded, told once per dimension."""
+        watch.policy = replace(watch.policy, warned=watch.policy.warned | {risk.dim})
+        self.ledger.runaway_risk(task, report.risk_event(task, risk.dim, risk.actual, risk.estimate, risk.ratio,
+                                                         time.time()))
 
     def stop_soon(self, task: Task, reason: KillReason) -> None:
         log.info("stopping %s: %s", task.name, reason)
         self.background.run(self.stop(task, reason), f"stopping {task.name}")
 
-    def silent_s(self, task: Task, now: float) -> float | None:
+    def silent_s(self, task: Task) -> float | None:
         """Seconds since a running task's last line, asked when wanted (once a second at most, for long lists)."""
         watch = self.watches.get(task.id)
         if watch is None:
             return None
         if time.monotonic() - watch.output_asked_at > 1.0:
             self.note_output(task, watch)
-        return round(now - watch.last_output_at, 1)
+        return round(time.monotonic() - watch.last_output_at, 1)
 
     def note_output(self, task: Task, watch: Watch) -> None:
         """What the executor says of the task's newest line."""

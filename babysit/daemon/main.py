@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import signal
 import time
@@ -61,8 +62,10 @@ async def serve() -> None:
     # a few cgroup files stay open per running task (cgroup.CgroupFiles): the usual soft limit of 1024
     # descriptors would cap the number of tasks
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+    os.umask(0o077)  # its directories 0700, its files 0600, however it was started
     bus = await session_bus.connect()
     settings = config.load()
+    state_dir.make_private(settings)
     executor = await open_executor(bus, settings)
     moved = state_dir.take_over_shared_store(settings)
     if moved:
@@ -107,6 +110,9 @@ def main() -> None:
     try:
         asyncio.run(serve())
     except SupervisionEnded:
+        raise SystemExit(1) from None
+    except state_dir.Unsafe as e:
+        log.critical("%s", e)
         raise SystemExit(1) from None
 
 

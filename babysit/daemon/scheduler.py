@@ -28,6 +28,7 @@ from babysit.core.protocol import (
 )
 from babysit.core.quantities import format_duration
 from babysit.core.task import (
+    ADJUSTABLE_FIELDS,
     RUNTIME_BACKSTOP_MARGIN_S,
     Outcome,
     Task,
@@ -110,6 +111,9 @@ class Scheduler:
     async def adjust(self, name: str, changes: Mapping[str, Any]) -> None:
         """New estimates for a queued or running task; a running unit's caps change live."""
         task = self.ledger.live(name)
+        fixed = sorted(set(changes) - set(ADJUSTABLE_FIELDS))
+        if fixed:
+            raise InvalidArgument(f"Adjust changes only {', '.join(ADJUSTABLE_FIELDS)}; not {', '.join(fixed)}")
         host = self.executor.host
         spec = spec_from_wire({**spec_to_wire(task.spec), **changes, "name": name}, host)
         if not set(changes) & set(history.ESTIMATE_KEYS):  # else the estimates are the caller's own now
@@ -155,7 +159,6 @@ class Scheduler:
         The queue, reservations and free memory are read once for all of them: a List of a long queue
         must not hold up the loop.
         """
-        now = time.time()
         position = {task.name: i for i, task in enumerate(self.ledger.queue())}
         available = room(*self.admission.room_now())
         room_now = available.as_dict()
@@ -163,7 +166,7 @@ class Scheduler:
         for task in tasks:
             now_known: dict[str, Any] = {}
             if task.state == State.RUNNING:
-                now_known["silent_s"] = self.supervisor.silent_s(task, now)
+                now_known["silent_s"] = self.supervisor.silent_s(task)
             elif task.state == State.QUEUED:
                 ahead = position.get(task.name, 0)
                 e = task.spec.estimates

@@ -69,3 +69,21 @@ def take_over_shared_store(settings: Config, busy_timeout_s: float = 5.0) -> Pat
                     "of its own", shared, e)
         return None
     return shared
+
+
+class Unsafe(Exception):
+    """The state directory may be written by others; the message says which and how to fix it."""
+
+
+def make_private(settings: Config) -> Path:
+    """This host's state directory, made 0700 where babysit makes it; one that another user may write (or
+    owns) is refused: whoever can write there can change what babysit runs."""
+    own = host_dir(settings)
+    own.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for directory in (state_home(settings), own):
+        found = directory.stat()
+        if found.st_uid != os.getuid() or found.st_mode & 0o022:
+            raise Unsafe(f"{directory} can be written by others than you (mode {found.st_mode & 0o777:o}, owner uid "
+                         f"{found.st_uid}): babysitd will not keep its state there; run `chmod go-w {directory}` "
+                         "(or set another state_dir)")
+    return own

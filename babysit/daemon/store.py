@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     caps TEXT NOT NULL,
     outcome TEXT,
     usage TEXT NOT NULL,
-    job TEXT  -- babysit.core.task.Job, as JSON
+    job TEXT,  -- babysit.core.task.Job, as JSON
+    output TEXT  -- Task.output_file
 );
 -- a name is unique among runs that are not over; finished runs of it stay as history
 CREATE UNIQUE INDEX IF NOT EXISTS live_name ON tasks(name) WHERE state IN {LIVE};
@@ -85,6 +87,7 @@ def _task(row: sqlite3.Row) -> Task:
         }) if outcome else None,
         usage=Usage(**{k: v for k, v in json.loads(row["usage"]).items() if k in USAGE_FIELDS}),
         job=Job(**json.loads(row["job"])) if row["job"] else None,
+        output_file=row["output"],
     )
 
 
@@ -184,9 +187,14 @@ def open_or_replace(path: Path, now: float, busy_timeout_s: float = 5.0) -> tupl
         for suffix in ("", "-wal", "-shm"):
             if Path(f"{path}{suffix}").exists():
                 os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+        for old in sorted(path.parent.glob(f"{path.name}.damaged-*"))[:-DAMAGED_KEPT * 3]:
+            old.unlink(missing_ok=True)  # each holds what the caller's environments held: keep few
         return Store(path, busy_timeout_s), (
             f"the state database was damaged ({e}) and was moved aside to {aside}; babysit started a fresh one: "
             "earlier runs are not in the history, and running tasks were taken up again from systemd")
+
+
+DAMAGED_KEPT = 3  # damaged stores set aside (each with its -wal and -shm): the newest are kept
 
 
 class Store:
@@ -197,21 +205,37 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s)
         try:
+            path.chmod(0o600)  # also a file an older babysit made with the user's umask
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA secure_delete=ON")  # see scrub
             (check,) = self.db.execute("PRAGMA quick_check").fetchone()
             if check != "ok":
                 raise Damaged(f"quick_check: {check}")
             self.db.executescript(SCHEMA)
-            if "job" not in {column["name"] for column in self.db.execute("PRAGMA table_info(tasks)")}:
+            columns = {column["name"] for column in self.db.execute("PRAGMA table_info(tasks)")}
+            if "job" not in columns:
                 self.db.execute("ALTER TABLE tasks ADD COLUMN job TEXT")  # a database from before executors
+            if "output" not in columns:
+                self.db.execute("ALTER TABLE tasks ADD COLUMN output TEXT")  # ...and from before output files
+            self.erase_old_environments()
         except sqlite3.DatabaseError:
             self.db.close()
             raise
 
     def close(self) -> None:
         self.db.close()
+
+    def erase_old_environments(self) -> None:
+        """Finished runs stored by an earlier babysit kept the caller's environment: erase it, and rewrite
+        the file (VACUUM), whose free pages still held it. Once; a store without any is left alone."""
+        erased = self.db.execute(
+            "UPDATE tasks SET spec = json_set(spec, '$.env', json('{}')) WHERE state NOT IN ('queued', 'running') "
+            "AND json_extract(spec, '$.env') != '{}'").rowcount
+        if erased:
+            self.db.execute("VACUUM")
+            self.scrub()
 
     def add(self, spec: TaskSpec, caps: Caps, at: float) -> Task:
         """A new queued run; NameInUse while another run of the name is not over."""
@@ -252,23 +276,34 @@ class Store:
     def save(self, task: Task, at: float, detail: str = "", timeline: Timeline | None = None) -> Task:
         """Write a run's current record (and its timeline, when given); a change of state is also logged
         as a transition. One transaction: a run's end is one commit."""
+        # the caller's environment (API keys, tokens) is kept only while the run may still need it
+        spec = replace(task.spec, env={}) if task.state.terminal else task.spec
         with self.db:
             self.db.execute("BEGIN")
             (old_state,) = self.db.execute("SELECT state FROM tasks WHERE id = ?", (task.id,)).fetchone()
             self.db.execute(
                 "UPDATE tasks SET state=?, started_at=?, finished_at=?, kill_requested=?, spec=?, caps=?, "
-                "outcome=?, usage=?, job=? WHERE id=?",
+                "outcome=?, usage=?, job=?, output=? WHERE id=?",
                 (task.state.value, task.started_at, task.finished_at,
-                 task.kill_requested.value if task.kill_requested else None, json.dumps(asdict(task.spec)),
+                 task.kill_requested.value if task.kill_requested else None, json.dumps(asdict(spec)),
                  json.dumps(asdict(task.caps)), json.dumps(asdict(task.outcome)) if task.outcome else None,
-                 json.dumps(asdict(task.usage)), json.dumps(asdict(task.job)) if task.job else None, task.id),
+                 json.dumps(asdict(task.usage)), json.dumps(asdict(task.job)) if task.job else None,
+                 task.output_file, task.id),
             )
             if old_state != task.state.value:
                 self.db.execute("INSERT INTO transitions (task_id, at, state, detail) VALUES (?, ?, ?, ?)",
                                 (task.id, at, task.state.value, detail))
             if timeline is not None:
                 self.save_timeline(task, timeline)
+        if task.spec.env and spec is not task.spec:
+            self.scrub()
         return task
+
+    def scrub(self) -> None:
+        """Leave no copy of what was overwritten: secure_delete zeroes it in the database file, and a
+        truncating checkpoint empties the write-ahead log, which still held the pages as they were."""
+        with contextlib.suppress(sqlite3.OperationalError):  # busy or full: the next end scrubs again
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def get(self, task_id: int) -> Task:
         return _task(self.db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone())

@@ -11,7 +11,7 @@ import time
 from babysit.common import failpoints
 from babysit.common.background import carry_on
 from babysit.common.config import Config
-from babysit.core import policy, report
+from babysit.core import policy
 from babysit.core.protocol import KillReason, State
 from babysit.core.task import Task, Usage
 from babysit.core.timeline import Timeline
@@ -64,9 +64,9 @@ class Supervisor:
         watch = self.watches.get(task.id) if task.state == State.RUNNING else None
         return watch.timeline if watch else self.ledger.store.timeline(task)
 
-    def silent_s(self, task: Task, now: float) -> float | None:
+    def silent_s(self, task: Task) -> float | None:
         """Seconds since a running task's last line (None: not watched)."""
-        return self.deadlines.silent_s(task, now)
+        return self.deadlines.silent_s(task)
 
     async def stop(self, task: Task, reason: KillReason) -> None:
         """A graceful stop babysit decided on: remembered first, so a restart still knows why."""
@@ -136,13 +136,13 @@ class Supervisor:
 
     def add_to_timeline(self, task: Task, watch: Watch, mem_bytes: int, cpu_cores: float) -> None:
         """One sample into the run's bounded series; stored now and then, so a restart loses little of it."""
-        if task.started_at is None:
+        if task.started_at is None or watch.started is None:
             return
-        at_s = time.time() - task.started_at
+        at_s = watch.elapsed_s()
         new_point = watch.timeline.needs_point(at_s)
         if new_point:  # once per point, the executor says whether the task printed meanwhile (microseconds)
             self.deadlines.note_output(task, watch)
-        last_output_s = watch.last_output_at - task.started_at if watch.last_output_at > task.started_at else None
+        last_output_s = watch.last_output_at - watch.started if watch.last_output_at > watch.started else None
         watch.timeline = watch.timeline.add(at_s, mem_bytes, cpu_cores, last_output_s)
         if new_point and time.monotonic() - watch.timeline_saved_at >= TIMELINE_SAVE_S:
             self.ledger.save_timeline(task, watch.timeline)
@@ -153,12 +153,11 @@ class Supervisor:
         if task.kill_requested or task.started_at is None:
             return
         u = task.usage
-        observation = policy.Observation(time.monotonic(), time.time() - task.started_at, u.mem_bytes, u.cpu_cores)
+        observation = policy.Observation(time.monotonic(), u.mem_bytes, u.cpu_cores)
         verdict = policy.evaluate(observation, task.spec.estimates, watch.policy, self.config.tolerance_s)
         watch.policy = verdict.memory
         for risk in verdict.risks:
-            self.ledger.runaway_risk(task, report.risk_event(task, risk.dim, risk.actual, risk.estimate, risk.ratio,
-                                                             time.time()))
+            self.deadlines.warn(task, watch, risk)
         if verdict.kill:
             log.info("stopping %s: %s", task.name, verdict.kill)
             await self.stop(task, verdict.kill)

@@ -125,7 +125,7 @@ class Executor(Protocol):
         """What a task in the executor's own queue waits for, in its words (None: babysit's queue says)."""
 
     def last_output_at(self, task: Task) -> float | None:
-        """When the run last wrote a line (epoch seconds), if it has."""
+        """When the run last wrote a line, on time.monotonic()'s clock, if it has."""
 
     async def release(self, task: Task) -> None:
         """Forget a run whose result is stored, so its name can run again."""

@@ -282,3 +282,38 @@ def daemon_config(text: str) -> Iterator[None]:
         else:
             config.write_text(before)
         restart_daemon()
+
+
+# --- a real terminal ----------------------------------------------------------------------------
+
+
+class Terminal:
+    """One tmux server of this test's own (its own socket), with one 80x24 window."""
+
+    def __init__(self) -> None:
+        self.socket = f"babysit-top-{uuid.uuid4().hex[:8]}"
+
+    def tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
+
+    def start(self, command: str) -> None:
+        started = self.tmux("new-session", "-d", "-s", "top", "-x", "80", "-y", "24", command)
+        assert started.returncode == 0, started.stderr
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "top").stdout
+
+    def alive(self) -> bool:
+        return self.tmux("has-session", "-t", "top").returncode == 0
+
+    def close(self) -> None:
+        self.tmux("kill-server")
+
+
+@pytest.fixture
+def terminal() -> Iterator[Terminal]:
+    term = Terminal()
+    try:
+        yield term
+    finally:
+        term.close()

@@ -83,6 +83,19 @@ def test_the_task_gets_the_callers_environment_and_directory(executor: str, task
     assert "probe=from the caller's $HOME" in babysit("log", f"--name={task_name}").stdout
 
 
+def test_the_task_gets_the_callers_exported_shell_functions(executor: str, task_name: str, gate: Gate) -> None:
+    """Seen in review: on HPC login nodes (Environment Modules, Lmod export `module`) every run was refused."""
+    shell = (f"greet() {{ echo \"hello from $1\"; }}; export -f greet; env 'ODD NAME=x' {BIN / 'babysit'} run "
+             f"--name={task_name} --command='greet \"the caller\"; bash -c \"greet a-child\"'")
+    started = subprocess.run(["/usr/bin/env", "/bin/bash", "-c", shell], capture_output=True, text=True,
+                             cwd=str(gate.path.parent), timeout=60)
+    assert started.returncode == 0, started.stderr
+    assert started.stderr.strip() == "babysit: not passed to the task (no task can take these names): ODD NAME"
+    code, result, _ = wait_result(task_name)
+    assert code == 0, result
+    wait_for(lambda: log_lines(task_name) == "hello from the caller hello from a-child".split(), 15, "its output")
+
+
 def test_status_and_list_show_a_running_task_then_kill_stops_it(executor: str, task_name: str) -> None:
     babysit("run", f"--name={task_name}", "--command=echo started; exec sleep 300", "--estimated_mem_bytes=256M",
             "--estimated_time=1m")

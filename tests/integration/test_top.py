@@ -3,49 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import BIN, babysit
+from tests.integration.conftest import BIN, Terminal, babysit
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("daemon"),
               pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")]
-
-
-class Terminal:
-    """One tmux server of this test's own (its own socket), with one 80x24 window."""
-
-    def __init__(self) -> None:
-        self.socket = f"babysit-top-{uuid.uuid4().hex[:8]}"
-
-    def tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
-
-    def start(self, command: str) -> None:
-        started = self.tmux("new-session", "-d", "-s", "top", "-x", "80", "-y", "24", command)
-        assert started.returncode == 0, started.stderr
-
-    def screen(self) -> str:
-        return self.tmux("capture-pane", "-p", "-t", "top").stdout
-
-    def alive(self) -> bool:
-        return self.tmux("has-session", "-t", "top").returncode == 0
-
-    def close(self) -> None:
-        self.tmux("kill-server")
-
-
-@pytest.fixture
-def terminal() -> Iterator[Terminal]:
-    term = Terminal()
-    try:
-        yield term
-    finally:
-        term.close()
 
 
 def test_top_shows_the_tasks_and_quits_on_q(terminal: Terminal, task_name: str) -> None:

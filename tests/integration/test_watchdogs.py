@@ -147,3 +147,13 @@ def test_host_pressure(task_name: str, daemon: str, figure: Callable[[str], None
         assert json.loads(babysit("status", f"--name={bystander}", "--json").stdout)["status"] == "running", said
         babysit("kill", f"--name={bystander}")
         wait_result(bystander)
+
+
+def test_the_elapsed_warning_comes_when_the_estimate_passes(daemon: str, task_name: str) -> None:
+    """Seen in review: calm tasks are sampled every few seconds (every 5 s by default), so a 12 s task over a
+    1 s estimate was warned at 6 s, and a 4 s one never."""
+    babysit("run", f"--name={task_name}", "--command=sleep 4", "--estimated_time=1s", "--kill_timeout=30s")
+    code, result, stderr = wait_result(task_name)
+    assert (code, result["status"]) == (0, "completed"), result
+    (event,) = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert event["dim"] == "elapsed" and 1 <= event["actual"] < 1.5, event  # at the estimate, not at a sample

@@ -72,3 +72,10 @@ def test_skill_install_quotes_a_hook_path_with_spaces_for_the_shell(tmp_path: Pa
     blocked = subprocess.run(["bash", "-c", command], input=json.dumps(payload), capture_output=True, text=True,
                              timeout=5)
     assert blocked.returncode == 2
+
+
+def test_text_from_tasks_is_printable_and_never_markup() -> None:
+    from babysit.cli.shown import literal, printable
+
+    assert printable("a\x1b]0;pwned\x07b\tc\r\nd\re\x9bf") == "a\\x1b]0;pwned\\x07b\tc\nd\\x0de\\x9bf"
+    assert literal("[/] [bold]x[/bold]").plain == "[/] [bold]x[/bold]"

@@ -31,6 +31,14 @@ def test_config() -> None:
             config.parse(bad)
 
 
+@pytest.mark.parametrize("line", ["tick_s = inf", "stop_grace_s = nan", "mem_budget_pct = 101",
+                                  "tolerance_s = 1e300", "max_live_tasks = inf", "history_max_days = nan"])
+def test_config_refuses_what_is_not_a_finite_sane_figure_and_names_the_key(line: str) -> None:
+    """Seen in review: `tick_s = inf` turned sampling off without a word, `stop_grace_s = nan` broke every start."""
+    with pytest.raises(InvalidArgument, match=f"config.toml: {line.split()[0]} must be a number more than 0"):
+        config.parse(line)
+
+
 def test_config_flags_and_history_bounds() -> None:
     parsed = config.parse("notify = true\nhistory_max_runs = 500\nhistory_max_days = 30\n")
     assert (parsed.notify, parsed.history_max_runs, parsed.history_max_days) == (True, 500, 30)

@@ -78,6 +78,39 @@ def test_a_slurm_run_keeps_its_job_and_names_its_output_file(tmp_path: Path) -> 
     assert "output_file" not in report.status(task, now=3.0) and report.status(task, now=3.0)["unit"] == "babysit-job.service"
 
 
+CANARY = "canary-5f0c1e2d-sk-live-do-not-keep"
+
+
+def state_bytes(directory: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in directory.rglob("*") if p.is_file())
+
+
+def test_the_environment_is_erased_with_no_copy_left_when_the_run_ends(tmp_path: Path) -> None:
+    """Seen in review: API keys in the caller's environment stayed in the store, its WAL and free pages."""
+    db = Store(tmp_path / "babysit.sqlite3")
+    s = make_spec(env={"API_KEY": CANARY, "PATH": "/usr/bin"})
+    task = db.add(s, derive_caps(s, HOST), at=1.0)
+    running = db.save(task.with_(state=State.RUNNING, started_at=2.0), at=2.0)
+    assert CANARY.encode() in state_bytes(tmp_path) and dict(db.live()[0].spec.env)["API_KEY"] == CANARY
+    db.save(running.with_(state=State.COMPLETED, finished_at=3.0, outcome=Outcome(State.COMPLETED, 0)), at=3.0)
+    assert CANARY.encode() not in state_bytes(tmp_path)
+    assert dict(db.get(task.id).spec.env) == {}
+    assert (tmp_path / "babysit.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_earlier_babysits_finished_runs_lose_their_environments_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "babysit.sqlite3"
+    db = Store(path)
+    s = make_spec(env={"API_KEY": CANARY})
+    done = db.add(s, derive_caps(s, HOST), at=1.0)
+    db.db.execute("UPDATE tasks SET state = 'completed' WHERE id = ?", (done.id,))  # as an older babysit left it
+    queued = db.add(make_spec("next", env={"TOKEN": "still-needed"}), derive_caps(s, HOST), at=2.0)
+    db.close()
+    again = Store(path)
+    assert CANARY.encode() not in state_bytes(tmp_path)
+    assert dict(again.get(queued.id).spec.env) == {"TOKEN": "still-needed"}  # it has yet to run
+
+
 def test_a_database_from_before_executors_gains_the_job_column(tmp_path: Path) -> None:
     path = tmp_path / "babysit.sqlite3"
     old = sqlite3.connect(path)

@@ -269,3 +269,21 @@ def test_a_relative_dir_is_taken_from_the_current_directory(tmp_path: Path, monk
     monkeypatch.chdir(tmp_path)
     said = where_claude_looks(Path(".claude/skills/babysit"), home=tmp_path / "home")
     assert f"in the project {tmp_path}" in said
+
+
+def test_install_never_writes_through_a_symlink(tmp_path: Path) -> None:
+    """Seen in review: `skill install` followed a symlink where SKILL.md goes, and overwrote its target."""
+    from babysit.cli.skill import HOOK_NAME, install
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine\n")
+    skill = tmp_path / "skills" / "babysit"
+    skill.mkdir(parents=True)
+    (skill / "SKILL.md").symlink_to(precious)
+    (skill / HOOK_NAME).symlink_to(precious)
+    written = install(skill)
+    assert precious.read_text() == "mine\n"
+    assert [w.changed for w in written] == [True, True]
+    assert not (skill / "SKILL.md").is_symlink() and (skill / "SKILL.md").read_text().startswith("---")
+    assert (skill / HOOK_NAME).stat().st_mode & 0o777 == 0o755
+    assert [w.changed for w in install(skill)] == [False, False]  # twice changes nothing

@@ -247,6 +247,13 @@ def test_batch_script_runs_the_command_with_bash_c(tmp_path: Path, command: str)
     assert (ran.returncode, ran.stdout, ran.stderr) == (direct.returncode, direct.stdout, direct.stderr)
 
 
+def test_batch_script_hands_the_callers_exported_functions_to_bash(tmp_path: Path) -> None:
+    functions = {"BASH_FUNC_greet%%": "() {  echo \"hi $1 'q'\"\n}", "BASH_FUNC_ml%%": "() {  greet ml\n}"}
+    (tmp_path / "job").write_text(slurm.batch_script("greet you; bash -c ml", functions))
+    ran = subprocess.run(["bash", str(tmp_path / "job")], capture_output=True, text=True, env={"PATH": os.defpath})
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "hi you 'q'\nhi ml 'q'\n", "")
+
+
 def test_sbatch_args() -> None:
     args = slurm.sbatch_args(name="t", cwd="/w", mem_bytes=100 * MiB + 1, cpus=2, time_limit_s=61, output="/w/o",
                              partition="long", account="lab")

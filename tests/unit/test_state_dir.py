@@ -87,3 +87,11 @@ def test_a_shared_store_in_use_is_left_where_it_is(state_home: Path, caplog: pyt
 def test_nothing_to_move_on_a_fresh_home(state_home: Path) -> None:
     assert take_over_shared_store(Config()) is None
     assert not state_dir.state_home(Config()).exists()
+
+
+def test_the_state_directory_is_private_and_one_others_may_write_is_refused(state_home: Path) -> None:
+    own = state_dir.make_private(Config())
+    assert own == host_dir(Config()) and own.stat().st_mode & 0o777 == 0o700
+    own.chmod(0o777)
+    with pytest.raises(state_dir.Unsafe, match=r"can be written by others than you \(mode 777"):
+        state_dir.make_private(Config())

@@ -1,7 +1,7 @@
 import pytest
 
-from babysit.core.protocol import ExceedsCap, InvalidArgument
-from babysit.core.task import GiB, Host, derive_caps, spec_from_wire, spec_to_wire
+from babysit.core.protocol import ExceedsCap, InvalidArgument, State
+from babysit.core.task import GiB, Host, Task, derive_caps, spec_from_wire, spec_to_wire, split_env, unusable_env_names
 
 SMALL = Host(mem_bytes=8 * GiB, cores=2)
 
@@ -46,7 +46,7 @@ def test_estimates_above_their_cap_are_refused(fields: dict, message: str) -> No
     {"name": "job"},
     {"name": "job", "command": "  "},
     {"name": "job", "command": "true", "cwd": "relative/dir"},
-    {"name": "job", "command": "true", "env": {"BAD NAME": "x"}},
+    {"name": "job", "command": "true", "env": {"PATH": 7}},
     {"name": "job", "command": "true", "sudo": True},
     {"name": "job", "command": "true", "estimated_cpu_cores": "many"},
     {"name": "job", "command": "true", "estimated_cpu_cores": 0},
@@ -61,6 +61,15 @@ def test_estimates_above_their_cap_are_refused(fields: dict, message: str) -> No
 def test_bad_specs(wire: dict) -> None:
     with pytest.raises(InvalidArgument):
         spec_from_wire(wire, SMALL)
+
+
+def test_exported_functions_are_kept_and_names_no_task_can_take_are_dropped() -> None:
+    function = "() {  module load gcc\n}"
+    s = spec(env={"PATH": "/usr/bin", "BASH_FUNC_ml%%": function, "BAD NAME": "x", "BASH_FUNC_x%%": "not a function",
+                  "A=B": "c"})
+    assert dict(s.env) == {"PATH": "/usr/bin", "BASH_FUNC_ml%%": function}
+    assert split_env(s.env) == ({"PATH": "/usr/bin"}, {"BASH_FUNC_ml%%": function})
+    assert unusable_env_names({"BAD NAME": "x", "BASH_FUNC_x%%": "oops", "OK": "1"}) == ["BAD NAME", "BASH_FUNC_x%%"]
 
 
 def test_environment_drops_systemd_variables() -> None:
@@ -87,6 +96,22 @@ def test_task_output_is_line_buffered_unless_asked_not_to() -> None:
     assert unit_command(exec_start(line, "/usr/bin/stdbuf")[1]) == unit_command(exec_start(plain, None)[1]) == "echo $HOME"
     with pytest.raises(InvalidArgument, match="buffering must be one of line, default"):
         spec(buffering="full")
+
+
+def test_exported_functions_reach_bash_through_env_and_read_back_from_the_unit() -> None:
+    from babysit.executors.systemd.unit import Described, exec_start, spec_of_unit, start_properties
+
+    function = "() {  echo $1\n}"
+    s = spec(command="greet $HOME", env={"P": "1", "BASH_FUNC_greet%%": function})
+    path, argv, _ = exec_start(s, "/usr/bin/stdbuf")
+    assert argv == ["/usr/bin/stdbuf", "-oL", "/usr/bin/env", "BASH_FUNC_greet%%=() {  echo $$1\n}", "/bin/bash",
+                    "-c", "greet $$HOME"]
+    assert exec_start(s, None)[0] == "/usr/bin/env"
+    task = Task(1, s, derive_caps(s, SMALL), State.QUEUED, 0.0)
+    props = start_properties(task, 10, ("/bin/true", ["/bin/true"], True), None)
+    assert props["Environment"] == ["P=1"]  # no unit takes the function's name
+    back = spec_of_unit(Described(s.name, 1, {}), {"ExecStart": props["ExecStart"], "Environment": ["P=1"]}, SMALL)
+    assert (back.command, dict(back.env)) == ("greet $HOME", dict(s.env))
 
 
 def test_a_task_carries_a_bounded_command_and_environment() -> None:

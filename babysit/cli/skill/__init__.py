@@ -8,6 +8,7 @@ SKILL.md's frontmatter and runs while the skill is loaded.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +42,20 @@ def skill_text(hook: Path) -> str:
 
 
 def write(path: Path, text: str, mode: int) -> Written:
-    """Write `text` with `mode` unless the file already is exactly that: installing twice changes nothing."""
-    if path.exists() and path.read_text() == text and path.stat().st_mode & 0o777 == mode:
+    """Write `text` with `mode` unless the file already is exactly that: installing twice changes nothing.
+
+    Never through a symlink: a new file is written beside it and renamed over the link itself, so what a
+    link there pointed to stays as it was.
+    """
+    if not path.is_symlink() and path.exists() and path.read_text() == text and path.stat().st_mode & 0o777 == mode:
         return Written(path, changed=False)
-    path.write_text(text)
-    path.chmod(mode)
+    staged = path.with_name(f".{path.name}.new")
+    staged.unlink(missing_ok=True)
+    descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    staged.chmod(mode)  # the umask may have taken bits away
+    staged.replace(path)
     return Written(path, changed=True)
 
 

@@ -18,6 +18,8 @@ import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from babysit.core.task import split_env
+
 MiB = 1 << 20
 
 # Fields are separated by ASCII's unit separator: names and comments may hold `|` or spaces, not this.
@@ -261,10 +263,12 @@ def bash_literal(text: str) -> str:
     return "$'" + "".join(escaped) + "'"
 
 
-def batch_script(command: str) -> str:
-    """A batch script that runs `command` with `bash -c`, exec'd so Slurm's signals reach it directly."""
+def batch_script(command: str, functions: Mapping[str, str] | None = None) -> str:
+    """A batch script that runs `command` with `bash -c`, exec'd so Slurm's signals reach it directly; the
+    caller's exported shell functions go to that bash through env(1), which bash imports them from."""
     # Everything after the first command line is the quoted word, which sbatch does not scan for #SBATCH.
-    return f"#!/bin/bash\nexec /bin/bash -c {bash_literal(command)}\n"
+    env = "".join(f"{bash_literal(f'{k}={v}')} " for k, v in (functions or {}).items())
+    return f"#!/bin/bash\nexec {'/usr/bin/env ' + env if env else ''}/bin/bash -c {bash_literal(command)}\n"
 
 
 def sbatch_args(*, name: str, cwd: str, mem_bytes: int, cpus: int, time_limit_s: float | None, output: str,
@@ -344,7 +348,8 @@ class Slurm:
         args = sbatch_args(name=name, cwd=cwd, mem_bytes=mem_bytes, cpus=cpus, time_limit_s=time_limit_s,
                            output=output, partition=partition, account=account, comment=comment)
         argv = ["sbatch", *args]
-        out = await self._run(argv, env=job_environment(env, self.env), stdin=batch_script(command))
+        variables, functions = split_env(env)
+        out = await self._run(argv, env=job_environment(variables, self.env), stdin=batch_script(command, functions))
         try:
             return parse_job_id(out)
         except ValueError as e:

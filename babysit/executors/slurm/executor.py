@@ -9,10 +9,8 @@ memory cap and the backstop are Slurm's own (`--mem`, `--time`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import os
 import re
 import socket
 import time
@@ -25,6 +23,7 @@ from babysit.common.config import Config
 from babysit.core.capacity import Reservation
 from babysit.core.protocol import State, unit_name
 from babysit.core.task import Caps, Host, Job, Outcome, Task
+from babysit.executors import output_file
 from babysit.executors.base import Capacity, Orphan, Reading, RunEvents, StartDeferred, StartRefused
 from babysit.executors.slurm import commands as slurm
 from babysit.executors.slurm.commands import Slurm, SlurmError
@@ -189,9 +188,7 @@ class SlurmExecutor:
     def last_output_at(self, task: Task) -> float | None:
         """The output file's last change: what a job's programs flush goes straight there."""
         tracked = self.jobs.get(task.id)
-        with contextlib.suppress(OSError):
-            return os.stat(tracked.output).st_mtime if tracked else None
-        return None
+        return output_file.written_at(tracked.output) if tracked else None
 
     async def release(self, task: Task) -> None:
         self.jobs.pop(task.id, None)  # the output file stays: it is the run's log

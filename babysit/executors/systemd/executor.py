@@ -23,6 +23,7 @@ from babysit.common.host import free_mem_bytes, read_host
 from babysit.core.outcome import has_ended
 from babysit.core.protocol import UNIT_PREFIX, BabysitError, State, log_command, unit_name
 from babysit.core.task import Caps, Outcome, Task
+from babysit.executors import output_file
 from babysit.executors.base import Capacity, Orphan, Reading, RunEvents, StartRefused
 from babysit.executors.systemd import accounting, journal
 from babysit.executors.systemd.cgroup import Layout, missing_controllers, read_sample
@@ -39,6 +40,13 @@ from babysit.executors.systemd.unit import (
 )
 
 log = logging.getLogger("babysitd")
+
+
+UNREADABLE_JOURNAL = (
+    "journald keeps no output this user can read back (Storage=volatile, or no /var/log/journal), so babysit "
+    "writes each task's output to {} instead (`babysit log` reads it; `journalctl --user` does not show it); "
+    "fix, for the journal: sudo mkdir -p /var/log/journal && sudo systemctl restart systemd-journald, then "
+    "systemctl --user restart babysitd")
 
 
 class SystemdExecutor:
@@ -60,6 +68,7 @@ class SystemdExecutor:
         self.record_script = accounting.install_script(ends_dir)
         self.stdbuf = shutil.which("stdbuf")  # coreutils: line-buffered output for native loggers
         self.output = journal.LastOutput()
+        self.output_dir: Path | None = None  # where the tasks' output goes where journald keeps none to read
         self.not_active: set[int] = set()  # running tasks whose unit the last reconcile() found not active
         if not self.stdbuf:
             self.advice.append("coreutils' stdbuf is missing, so the output of C/C++ programs in tasks stays "
@@ -79,7 +88,11 @@ class SystemdExecutor:
                 "then log in again"
             )
         executor = cls(systemd, settings, layout, manager_cgroup, caps_missing, state_dir / "ends")
-        if rate_limited := journal.rate_limit_warning(journal.journald_config_texts()):
+        if not await asyncio.get_running_loop().run_in_executor(None, executor.output.reads_back):
+            executor.output_dir = state_dir / "output"
+            executor.output_dir.mkdir(exist_ok=True)
+            executor.advice.insert(0, UNREADABLE_JOURNAL.format(executor.output_dir))
+        elif rate_limited := journal.rate_limit_warning(journal.journald_config_texts()):
             executor.advice.insert(0, rate_limited)
         return executor
 
@@ -103,12 +116,13 @@ class SystemdExecutor:
             cgroup = self.ends.cgroup_of(task)
             stop_post = accounting.stop_post_command(self.record_script, self.ends.record_of(task),
                                                      self.layout.memory_dir(cgroup), self.layout.cpu_files(cgroup))
+            output = str(self.output_dir / f"{task.name}-{task.id}.out") if self.output_dir else None
             await self.systemd.start_transient_unit(unit_name(task.name), start_properties(
-                task, self.config.stop_grace_s, stop_post, self.stdbuf))
+                task, self.config.stop_grace_s, stop_post, self.stdbuf, output))
         except DBusError as e:
             self.ends.forget(task)
             raise StartRefused(f"systemd refused to start it: {e.text}") from None
-        return task.with_(state=State.RUNNING, started_at=time.time())
+        return task.with_(state=State.RUNNING, started_at=time.time(), output_file=output)
 
     async def stop(self, task: Task) -> None:
         await self.systemd.stop_unit(unit_name(task.name))
@@ -128,17 +142,21 @@ class SystemdExecutor:
         if sample is None:
             return None
         watch.oom_kills, watch.failcnt = sample.oom_kills, sample.mem_failcnt or 0
+        if task.output_file:
+            output_file.bound(Path(task.output_file))
         return Reading(sample.mem_bytes, sample.peak_mem_bytes, sample.cpu_ns / 1e9)
 
     def waiting_for(self, task: Task) -> str | None:
         return None  # queued tasks wait in babysit's own queue
 
     def last_output_at(self, task: Task) -> float | None:
-        return self.output.at(task.name)
+        return output_file.written_at(Path(task.output_file)) if task.output_file else self.output.at(task.name)
 
     async def release(self, task: Task) -> None:
         """Let systemd forget a finished unit, so the name can run again."""
         self.ends.record_of(task).unlink(missing_ok=True)
+        if task.output_file:  # the file stays: it is the run's log; the oldest go
+            output_file.prune(Path(task.output_file).parent)
         active_state = self.ends.ended_states.pop(task.id, None)
         if active_state is not None:
             await self.release_unit(unit_name(task.name), active_state)

@@ -12,6 +12,8 @@ import json
 import logging
 import re
 import subprocess
+import time
+import uuid
 from pathlib import Path
 
 from babysit.core.protocol import output_matches
@@ -67,6 +69,9 @@ def journald_config_texts() -> list[str]:
 SD_JOURNAL_LOCAL_ONLY, SD_JOURNAL_CURRENT_USER = 1, 8  # sd_journal_open(3)
 
 
+BOOT_ID = bytes.fromhex(Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", ""))
+
+
 class LastOutput:
     """When a unit last wrote to the journal: one open sd-journal handle, a query per question (microseconds).
 
@@ -87,14 +92,39 @@ class LastOutput:
             log.warning("reading the journal through journalctl instead of libsystemd (%s)", e)
             self.lib = None
 
+    def reads_back(self, timeout_s: float = 3.0) -> bool:
+        """Whether a line this user writes to the journal can be read back: not where journald keeps only
+        volatile, system-wide files (Storage=volatile, no /var/log/journal) that the user may not read."""
+        identifier = f"babysit-probe-{uuid.uuid4().hex[:12]}"
+        wrote = subprocess.run(["systemd-cat", f"--identifier={identifier}", "echo",
+                                "babysitd checks that it can read the journal back"], capture_output=True, timeout=10)
+        if wrote.returncode != 0:
+            return False
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.newest([f"SYSLOG_IDENTIFIER={identifier}"]) is not None:
+                return True
+            if self.lib is not None:  # woken by journald's next write, or at the deadline
+                self.lib.sd_journal_wait(self.handle, ctypes.c_uint64(int((deadline - time.monotonic()) * 1e6)))
+            else:
+                time.sleep(0.1)  # journalctl: nothing to wait on
+        return False
+
     def at(self, task: str) -> float | None:
-        """Epoch seconds of the task's newest journal entry, or None if it has none."""
+        """When the task's newest journal entry came (time.monotonic()'s clock), or None if it has none this boot.
+
+        journald stamps each entry with CLOCK_MONOTONIC as well as the wall clock: the monotonic stamp is
+        immune to clock steps, and a suspend does not advance it."""
+        return self.newest(output_matches(task))
+
+    def newest(self, matches: list[str]) -> float | None:
+        """When the newest entry of these journalctl-style matches came (see `at`)."""
         if self.lib is None:
-            return last_line_at(task)
+            return last_line_at(matches)
         lib, j = self.lib, self.handle
         lib.sd_journal_process(j)  # notices journal files that were added or rotated, e.g. by a restart
         lib.sd_journal_flush_matches(j)
-        for term in output_matches(task):
+        for term in matches:
             added = lib.sd_journal_add_disjunction(j) if term == "+" else lib.sd_journal_add_match(
                 j, term.encode(), ctypes.c_size_t(len(term.encode())))
             if added < 0:
@@ -102,10 +132,10 @@ class LastOutput:
         lib.sd_journal_seek_tail(j)
         if lib.sd_journal_previous(j) <= 0:
             return None
-        usec = ctypes.c_uint64()
-        if lib.sd_journal_get_realtime_usec(j, ctypes.byref(usec)) < 0:
+        usec, boot = ctypes.c_uint64(), (ctypes.c_uint8 * 16)()
+        if lib.sd_journal_get_monotonic_usec(j, ctypes.byref(usec), ctypes.byref(boot)) < 0:
             return None
-        return usec.value / 1e6
+        return usec.value / 1e6 if bytes(boot) == BOOT_ID else None
 
     def close(self) -> None:
         if self.lib is not None:
@@ -113,11 +143,13 @@ class LastOutput:
             self.lib = None
 
 
-def last_line_at(task: str) -> float | None:
+def last_line_at(matches: list[str]) -> float | None:
     """The same answer from journalctl, for hosts without libsystemd."""
-    out = subprocess.run(["journalctl", "--user", *output_matches(task), "--lines=1", "--output=json",
-                          "--output-fields=_SYSTEMD_USER_UNIT"], capture_output=True, text=True).stdout
+    out = subprocess.run(["journalctl", "--user", *matches, "--lines=1", "--output=json",
+                          "--output-fields=_BOOT_ID"], capture_output=True, text=True).stdout
     try:
-        return int(json.loads(out.splitlines()[-1])["__REALTIME_TIMESTAMP"]) / 1e6
+        entry = json.loads(out.splitlines()[-1])
+        same_boot = bytes.fromhex(entry["_BOOT_ID"]) == BOOT_ID
+        return int(entry["__MONOTONIC_TIMESTAMP"]) / 1e6 if same_boot else None
     except (IndexError, KeyError, ValueError, json.JSONDecodeError):
         return None

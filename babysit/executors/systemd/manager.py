@@ -44,6 +44,8 @@ PROPERTY_SIGNATURES: dict[str, str] = {
     "CPUQuotaPerSecUSec": "t",
     "StandardOutput": "s",
     "StandardError": "s",
+    "StandardOutputFileToAppend": "s",
+    "StandardErrorFileToAppend": "s",
     "SyslogIdentifier": "s",
     "RemainAfterExit": "b",
 }

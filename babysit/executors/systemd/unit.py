@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from babysit.core.protocol import SLICE, log_identifier
-from babysit.core.task import Buffering, Caps, Host, Task, TaskSpec, spec_from_wire
+from babysit.core.task import Buffering, Caps, Host, Task, TaskSpec, is_exported_function, spec_from_wire, split_env
 
 USEC = 1_000_000
+ENV = "/usr/bin/env"  # coreutils' env(1)
 
 
 ESTIMATE_KEYS = ("time_s", "mem_bytes", "cpu_cores", "kill_timeout_s", "observability_interval_s")
@@ -66,9 +67,12 @@ def exec_start(spec: TaskSpec, stdbuf: str | None) -> tuple[str, list[str], bool
     dynamically linked program the task starts line-buffered. It execs bash: the main process is the same.
     """
     bash = ["/bin/bash", "-c", no_expansion(spec.command)]
+    _, functions = split_env(spec.env)
+    if functions:  # bash imports them from its environment, where env(1) can put names no unit takes
+        bash = [ENV, *(no_expansion(f"{k}={v}") for k, v in functions.items()), *bash]
     if spec.buffering == Buffering.LINE and stdbuf:
         return (stdbuf, [stdbuf, "-oL", *bash], False)
-    return ("/bin/bash", bash, False)
+    return (bash[0], bash, False)
 
 
 def unit_command(argv: list[str]) -> str:
@@ -78,14 +82,15 @@ def unit_command(argv: list[str]) -> str:
 
 
 def start_properties(task: Task, stop_grace_s: float, stop_post: tuple[str, list[str], bool],
-                     stdbuf: str | None) -> dict[str, Any]:
-    """Everything StartTransientUnit sets for a task (SPEC 'Caps applied to each unit')."""
+                     stdbuf: str | None, output: str | None = None) -> dict[str, Any]:
+    """Everything StartTransientUnit sets for a task (SPEC 'Caps applied to each unit'); its output goes to
+    the journal, or to the file `output` where journald keeps none the user can read."""
     spec = task.spec
     return {
         "Description": description(task),
         "ExecStart": [exec_start(spec, stdbuf)],
         "WorkingDirectory": spec.cwd,
-        "Environment": [f"{k}={v}" for k, v in spec.env.items()],
+        "Environment": [f"{k}={v}" for k, v in split_env(spec.env)[0].items()],
         "Slice": SLICE,
         # the final accounting (see babysit.accounting), which also outlives the unit for a daemon that
         # was down when it ended
@@ -95,8 +100,8 @@ def start_properties(task: Task, stop_grace_s: float, stop_post: tuple[str, list
         "MemoryAccounting": True,
         "CPUAccounting": True,
         "TasksAccounting": True,
-        "StandardOutput": "journal",
-        "StandardError": "journal",
+        **({"StandardOutputFileToAppend": output, "StandardErrorFileToAppend": output} if output else
+           {"StandardOutput": "journal", "StandardError": "journal"}),
         "SyslogIdentifier": log_identifier(spec.name),  # see protocol.output_matches
         # babysitd's reference keeps the ended unit loaded until it let go of it (release): how it ended is
         # read from systemd even where the final accounting could not be written (a full disk)
@@ -118,10 +123,12 @@ def cap_properties(caps: Caps) -> dict[str, Any]:
 def spec_of_unit(described: Described, props: Mapping[str, Any], host: Host) -> TaskSpec:
     """A task's spec, read back from its unit: the command, directory and environment systemd has, and the
     estimates its Description carries."""
-    command = next((unit_command(argv) for _path, argv, *_ in props.get("ExecStart", [])), "")
+    argv: list[str] = next((argv for _path, argv, *_ in props.get("ExecStart", [])), [])
     f = described.fields
-    wire = {"name": described.name, "command": command, "cwd": props.get("WorkingDirectory") or "~",
-            "env": dict(v.split("=", 1) for v in props.get("Environment", []) if "=" in v),
+    env = dict(v.split("=", 1) for v in props.get("Environment", []) if "=" in v)
+    env |= {k: v for k, _, v in (arg.replace("$$", "$").partition("=") for arg in argv) if is_exported_function(k, v)}
+    wire = {"name": described.name, "command": unit_command(argv), "cwd": props.get("WorkingDirectory") or "~",
+            "env": env,
             "estimated_time": f.get("time_s"), "kill_timeout": f.get("kill_timeout_s"),
             "observability_interval": f.get("observability_interval_s"),
             "estimated_mem_bytes": f.get("mem_bytes"), "estimated_cpu_cores": f.get("cpu_cores"),
