@@ -252,7 +252,8 @@ def status(name: str = Name, as_json: bool = typer.Option(False, "--json", help=
     timeline = report.pop("timeline", None) or {}
     table = Table(show_header=False, box=None)
     for key, value in report.items():
-        table.add_row(literal(key, "bold"), literal(json.dumps(value) if isinstance(value, list | dict) else str(value)))
+        shown = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        table.add_row(literal(key, "bold"), literal(shown))
     for label, chart in usage_charts(report, timeline):
         table.add_row(literal(label, "bold"), chart)
     Console().print(table)

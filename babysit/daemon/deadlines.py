@@ -72,7 +72,8 @@ class Deadlines:
             return
         task, watch = found
         with isolated(task, "warning that it runs past its estimate"):
-            self.warn(task, watch, policy.RunawayRisk("elapsed", round(watch.elapsed_s(), 3), task.spec.estimates.time_s))
+            elapsed = round(watch.elapsed_s(), 3)
+            self.warn(task, watch, policy.RunawayRisk("elapsed", elapsed, task.spec.estimates.time_s))
 
     def on_stall_check(self, task_id: int) -> None:
         """At the stall deadline, ask when the task last wrote; stop it, or check again later."""

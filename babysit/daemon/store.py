@@ -187,8 +187,12 @@ def open_or_replace(path: Path, now: float, busy_timeout_s: float = 5.0) -> tupl
         for suffix in ("", "-wal", "-shm"):
             if Path(f"{path}{suffix}").exists():
                 os.replace(f"{path}{suffix}", f"{aside}{suffix}")
-        for old in sorted(path.parent.glob(f"{path.name}.damaged-*"))[:-DAMAGED_KEPT * 3]:
-            old.unlink(missing_ok=True)  # each holds what the caller's environments held: keep few
+        # each holds what the callers' environments held: keep few
+        aside_before = path.parent.glob(f"{path.name}.damaged-*")
+        stamps = sorted({p.name.removeprefix(f"{path.name}.damaged-")[:16] for p in aside_before})  # 20261206T101500Z
+        for old in stamps[:-DAMAGED_KEPT]:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}.damaged-{old}{suffix}").unlink(missing_ok=True)
         return Store(path, busy_timeout_s), (
             f"the state database was damaged ({e}) and was moved aside to {aside}; babysit started a fresh one: "
             "earlier runs are not in the history, and running tasks were taken up again from systemd")

@@ -99,3 +99,21 @@ def test_random_cli_arguments(verb: str, args: list[str]) -> None:
     if done.returncode == 2:
         assert done.stderr.strip(), "a refusal without a message"
     assert babysit("ping").returncode == 0, "babysitd stopped answering"
+
+
+@pytest.mark.parametrize("field, value", [("command", "rm -rf ~"), ("env", Variant("a{ss}", {"A": "b"})),
+                                          ("cwd", "/nonexistent"), ("request_id", "again"), ("buffering", "default")])
+def test_adjust_takes_only_the_estimates_and_limits(task_name: str, field: str, value: Any) -> None:
+    """Seen in review: Adjust took every Run field (and skipped the cwd check), so the stored record could
+    say another command than the one running."""
+    assert babysit("run", f"--name={task_name}", "--command=exec sleep 60").returncode == 0
+    try:
+        change = value if isinstance(value, Variant) else Variant("s", value)
+        reply = asyncio.run(call("Adjust", "sa{sv}", [task_name, {field: change}]))
+        assert reply.error_name == "org.babysit.Error.InvalidArgument", reply.body
+        assert f"not {field}" in reply.body[0]
+        shown = babysit("status", f"--name={task_name}", "--json").stdout
+        assert '"command": "exec sleep 60"' in shown
+        assert babysit("adjust", f"--name={task_name}", "--estimated_time=5m").returncode == 0  # what it documents
+    finally:
+        babysit("kill", f"--name={task_name}")

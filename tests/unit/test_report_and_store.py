@@ -209,3 +209,17 @@ def test_a_listed_record_cuts_a_long_command_short() -> None:
     listed = report.listed(task, 0.0)
     assert listed["command"] == "x" * report.LISTED_COMMAND_CHARS + "…"
     assert report.status(task, 0.0)["command"] == "x" * 5000
+
+
+def test_only_the_newest_damaged_stores_are_kept(tmp_path: Path) -> None:
+    """Each damaged store set aside holds what its runs' environments held: they must not pile up."""
+    from babysit.daemon.store import DAMAGED_KEPT, open_or_replace
+
+    path = tmp_path / "babysit.sqlite3"
+    for hour in range(6):
+        path.write_bytes(b"not a database" * 100)
+        db, warning = open_or_replace(path, now=1_800_000_000.0 + 3600 * hour)
+        db.close()
+        assert warning and "moved aside" in warning
+    kept = sorted(p.name for p in tmp_path.glob("babysit.sqlite3.damaged-*"))
+    assert len(kept) == DAMAGED_KEPT and kept[-1].endswith("T130000Z"), kept  # the newest ones

@@ -16,7 +16,7 @@ from babysit.core.protocol import DAEMON_UNIT
 from tests.integration.conftest import babysit, status
 from tests.waiting import wait_for
 
-pytestmark = [pytest.mark.vm]
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("daemon")]
 DROP_IN = "/etc/systemd/journald.conf.d/zz-babysit-vm-test.conf"
 CHATTY = "for i in $(seq 12); do echo line $i; sleep 1; done"
 
