@@ -1,32 +1,106 @@
 #!/usr/bin/env bash
-# Claude Code PreToolUse hook for Bash: refuse commands that poll babysit in a sleep loop
-# (`sleep 60 && babysit log …`, `while …; do babysit status …; sleep …; done`, …) and point to
-# `babysit wait`, which blocks on D-Bus signals instead. Anything else passes silently (exit 0),
-# including input that is not what this hook expects: it never blocks on a parse failure.
+# Claude Code PreToolUse hook for Bash and Monitor: refuse commands that poll babysit in a sleep loop
+# (`sleep 60 && babysit log …`, `while …; do babysit status …; sleep …; done`, `watch "babysit status …"`)
+# and point to `babysit wait`, which blocks on D-Bus signals instead. Anything else passes silently
+# (exit 0), including input that is not what this hook expects: it never blocks on a parse failure.
+#
+# The command is read as a shell reads it, in one pass (linear time, whatever its length): words and
+# quotes, operators, and the command word of each simple command behind its wrappers (`command`, `env`,
+# `/bin/`…). A quoted argument is text, unless a shell will run it (`bash -c`, `eval`, `watch`).
 exec python3 -c '
-import json, re, sys
+import itertools, json, os, re, sys
+
+# a quoted string, an escaped character, or other text: what a shell word is made of
+PART = r"""\x27[^\x27]*\x27?|"(?:[^"\\]+|\\.)*"?|\\.|"""
+SIMPLE_COMMAND = re.compile(rf"""(?:{PART}[^;&|(){{}}\n\x27"\\]+)+""")  # between two operators
+WORD = re.compile(rf"""(?:{PART}[^\s\x27"\\]+)+""")
+QUOTE = re.compile(r"""\x27([^\x27]*)\x27?|"((?:[^"\\]+|\\.)*)"?|\\(.)""")
+# a word a simple command must hold to matter here
+INTERESTING = re.compile(r"\b(?:sleep|babysit|while|until|for|bash|sh|dash|zsh|ksh|eval|watch)\b")
+ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+KEYWORDS = {"while", "until", "for", "if", "then", "do", "else", "elif", "!", "time", "in", "done", "fi"}
+WRAPPERS = {"command", "builtin", "exec", "nohup", "env", "nice", "timeout", "stdbuf", "sudo", "xargs"}
+SHELLS = {"bash", "sh", "dash", "zsh", "ksh"}
+READS = {"log", "status", "list"}
+
+
+def unquoted(word):
+    if "\x27" not in word and "\"" not in word and "\\" not in word:
+        return word
+    return QUOTE.sub(lambda m: next((g for g in m.groups() if g is not None), ""), word)
+
+
+def scan(text, found, depth=0):
+    """Note in `found` what `text` runs: a sleep, a babysit read (and its --name), a loop, a watched read."""
+    seen = set()  # a simple command met again adds nothing: generated scripts repeat themselves
+    loop = 0  # how deep in while/until/for loops the current command is
+    for simple in SIMPLE_COMMAND.finditer(text):
+        segment = simple.group()
+        if segment.lstrip().startswith("done"):
+            loop = max(0, loop - 1)
+        if (segment in seen and not loop) or not INTERESTING.search(segment):
+            continue
+        seen.add(segment)
+        words = (unquoted(w.group()) for w in itertools.islice(WORD.finditer(segment), 64))
+        first = next(words, None)
+        if first is None:
+            continue
+        if first in ("while", "until", "for"):
+            loop += 1
+        name = first
+        for word in itertools.chain([first], words):  # the command word: behind keywords, assignments, wrappers
+            name = os.path.basename(word)
+            if not (word in KEYWORDS or ASSIGNMENT.match(word) or word.startswith("-") or name in WRAPPERS
+                    or re.fullmatch(r"[0-9.]+[smhd]?", word)):
+                break
+        else:
+            continue
+        if name == "sleep" and next(words, None) is not None:
+            found["sleeps"] = True
+        elif name == "babysit" and next(words, None) in READS:
+            found["polls"] = True
+            found["loops"] = found.get("loops") or loop > 0  # read again and again
+            rest = [] if "name" in found else list(words)
+            for j, w in enumerate(rest):
+                if w.startswith("--name=") or (w == "--name" and j + 1 < len(rest)):
+                    found.setdefault("name", w[7:] if w.startswith("--name=") else rest[j + 1])
+        elif depth < 3 and name in SHELLS | {"eval", "watch"}:
+            rest = list(words)
+            if name in SHELLS:
+                inner = rest[rest.index("-c") + 1] if "-c" in rest[:-1] else ""
+            else:  # eval, or watch behind its options (-n 5, --interval=5)
+                j = 0
+                while name == "watch" and j < len(rest) and (rest[j].startswith("-") or re.fullmatch(r"[0-9.]+", rest[j])):
+                    j += 1
+                inner = " ".join(rest[j:])
+            inside = {}
+            scan(inner, inside, depth + 1)
+            found.update(inside, watched=found.get("watched") or (name == "watch" and inside.get("polls", False)))
+        if blocked(found):
+            return
+
+
+def blocked(found):
+    return found.get("watched") or (found.get("polls") and (found.get("sleeps") or found.get("loops")))
+
 
 try:
     payload = json.load(sys.stdin)
-    command = payload["tool_input"]["command"] if payload.get("tool_name") == "Bash" else None
+    command = payload["tool_input"]["command"] if payload.get("tool_name") in ("Bash", "Monitor") else None
 except Exception:
     sys.exit(0)
-if not isinstance(command, str):
+# most commands read no babysit at all, or neither sleep nor loop: nothing to parse
+if not isinstance(command, str) or not re.search(r"babysit\W+(?:log|status|list)\b", command) or not re.search(
+        r"\b(?:sleep|while|until|for|watch)\b", command):
     sys.exit(0)
-
-# a word in command position: at the start, after ; & | ( ) { } ! a newline, or a shell keyword
-AT = r"(?:^|[;&|(){}!\n]|\b(?:do|then|else|while|until|if)\b)\s*"
-BABYSIT_READ = r"(?:\S*/)?babysit\s+(?:log|status|list)\b"
-sleeps = re.search(AT + r"sleep\s+[0-9.]", command)
-polls = re.search(AT + BABYSIT_READ, command)
-loops = re.search(r"\b(?:while|until)\b[\s\S]*\bdo\b", command)
-watched = re.search(AT + r"watch\b[^;&|\n]*\s" + BABYSIT_READ, command)
-if watched:
-    polls = loops = watched
-if not (polls and (sleeps or loops)):
+found = {}
+try:
+    scan(command, found)
+except Exception:
     sys.exit(0)
-name = re.search(r"--name[= ]([A-Za-z0-9._-]+)", command)
-name = name.group(1) if name else "NAME"
+if not blocked(found):
+    sys.exit(0)
+name = found.get("name") or "NAME"
 print(
     f"Do not poll babysit in a sleep loop. Run `babysit wait --name={name}` in the background instead: "
     "it blocks until the task is terminal (driven by D-Bus signals, no polling), prints runaway_risk "

@@ -17,6 +17,7 @@ SESSION_UP = own_session_is_up(dict(os.environ))
 SLURM_REQUIRED = os.environ.get("BABYSIT_REQUIRE_SLURM") == "1"
 SLURM_UP = bool(os.environ.get("SLURM_CONF"))
 IN_GUEST = os.environ.get("BABYSIT_VM_GUEST") == "1"  # set by tests/vm/guest.sh inside the VM tier's guest
+CLAUDE = os.environ.get("BABYSIT_CLAUDE", "")  # Claude Code's CLI, for the plugin tier (.ci/run installs it)
 NOT_THROUGH_RUNNER = ("integration tests run only through the session runner: "
                       "python3 tests/session/run.py .venv/bin/pytest")
 
@@ -34,6 +35,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                                     "python3 tests/session/run.py .venv/bin/pytest -m slurm"))
         if "vm" in item.keywords and not IN_GUEST:
             item.add_marker(pytest.mark.skip(reason="runs inside the VM tier's guest: python3 tests/vm/run.py"))
+        if "plugin" in item.keywords and not CLAUDE:
+            item.add_marker(pytest.mark.skip(reason="runs Claude Code's own CLI: BABYSIT_CLAUDE=path/to/claude "
+                                                    ".venv/bin/pytest -m plugin"))
         if "host" in item.keywords and (os.geteuid() != 0 or SESSION_REQUIRED):
             item.add_marker(pytest.mark.skip(reason="tests the session runner itself: needs root, outside a session"))
 
@@ -43,7 +47,7 @@ TIER_SECONDS: dict[str, float] = {}
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Add up the time each tier takes (setup, call and teardown), for the summary below."""
-    tier = next((t for t in ("slurm", "integration", "host", "vm") if t in report.keywords), "pure")
+    tier = next((t for t in ("slurm", "integration", "host", "vm", "plugin") if t in report.keywords), "pure")
     if not report.skipped:
         TIER_SECONDS[tier] = TIER_SECONDS.get(tier, 0.0) + report.duration
 

@@ -549,18 +549,25 @@ app.add_typer(skill_app, name="skill")
 
 @skill_app.command("install")
 def skill_install(
-    directory: Path = typer.Option(Path.home() / ".claude" / "skills" / "babysit", "--dir",
-                                   help="where to put SKILL.md and the hook"),
+    directory: Path = typer.Option(None, "--dir", help="one directory for Claude Code's copy (SKILL.md and the "
+                                                       "hook), instead of the usual places"),
+    project: Path = typer.Option(None, "--project", help="a project's .claude/skills and .agents/skills"),
 ) -> None:
-    """Install SKILL.md and the no-sleep hook; says how Claude Code finds them. Safe to repeat.
+    """Install SKILL.md and the no-sleep hook for Claude Code (~/.claude/skills/babysit) and the other agents
+    (~/.agents/skills/babysit); says how each finds them. Safe to repeat; never replaces another skill.
 
-    Example: babysit skill install --dir=.claude/skills/babysit
+    Example: babysit skill install --project=.
     """
-    from babysit.cli.skill import install, notes
+    from babysit.cli.skill import Occupied, Target, install, notes, targets
 
-    for written in install(directory):
-        typer.echo(f"{'installed' if written.changed else 'unchanged'} {written.path}")
-    for line in notes(directory, Path.home()):
+    chosen = [Target(directory, claude=True)] if directory else targets(Path.home(), project)
+    try:
+        written = install(chosen)
+    except Occupied as e:
+        raise fail(f"babysit: {e}", ExitCode.NEGATIVE) from None
+    for one in written:
+        typer.echo(f"{'installed' if one.changed else 'unchanged'} {one.path}")
+    for line in notes(chosen, Path.home()):
         typer.echo(line)
 
 

@@ -51,7 +51,7 @@ def test_skill_install_says_where_each_file_went_and_installing_twice_changes_no
         lines = result.output.splitlines()
         assert lines[:2] == [f"{verb} {skill}", f"{verb} {hook}"]
         assert f"Claude Code loads it as the skill 'babysit' in the project {tmp_path / 'project'}" in lines[2]
-        assert lines[3] == f'Hook (PreToolUse, matcher Bash) in SKILL.md\'s frontmatter: command: "{hook}"'
+        assert lines[3] == f'Hook (PreToolUse, matcher Bash|Monitor) in SKILL.md\'s frontmatter: command: "{hook}"'
         assert "does not expand ${CLAUDE_SKILL_DIR} in hook commands" in lines[4]
 
     assert os.access(hook, os.X_OK)
@@ -61,6 +61,20 @@ def test_skill_install_says_where_each_file_went_and_installing_twice_changes_no
     payload = {"tool_name": "Bash", "tool_input": {"command": "sleep 60 && babysit log --name=x"}}
     blocked = subprocess.run([str(hook)], input=json.dumps(payload), capture_output=True, text=True, timeout=5)
     assert blocked.returncode == 2 and "babysit wait --name=x" in blocked.stderr
+
+
+def test_skill_install_by_default_serves_claude_code_and_the_other_agents_and_never_clobbers(tmp_path: Path) -> None:
+    home = {"HOME": str(tmp_path)}
+    done = CliRunner().invoke(app, ["skill", "install"], env=home)
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / ".claude/skills/babysit/SKILL.md").exists() and (tmp_path / ".agents/skills/babysit/SKILL.md").exists()
+    assert "Codex CLI, Gemini CLI, GitHub Copilot, Cursor and opencode load it from" in done.output
+    theirs = tmp_path / "proj/.agents/skills/babysit/SKILL.md"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_text("---\nname: babysit\ndescription: someone else's\n---\n")
+    refused = CliRunner().invoke(app, ["skill", "install", f"--project={tmp_path / 'proj'}"], env=home)
+    assert refused.exit_code == 1 and f"a different skill is already at {theirs}" in refused.output
+    assert not (tmp_path / "proj/.claude").exists()
 
 
 def test_skill_install_quotes_a_hook_path_with_spaces_for_the_shell(tmp_path: Path) -> None:

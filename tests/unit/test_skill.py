@@ -3,6 +3,7 @@ lines say when they fail, and every `babysit <verb> --flag` it shows exists in t
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -13,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from babysit.cli.commands import app
-from babysit.cli.skill import TEMPLATE, where_claude_looks
+from babysit.cli.skill import HOOK_NAME, TEMPLATE, Occupied, Target, install, skill_text, targets, where_claude_looks
 from babysit.core.protocol import KillReason
 
 TEXT = TEMPLATE.read_text()
@@ -44,14 +45,37 @@ def assert_in_order(text: str, *phrases: str) -> None:
 # --- the parts of the guidance -------------------------------------------------------------------------
 
 
-def test_frontmatter_declares_the_skill_and_its_no_sleep_hook() -> None:
-    front = TEXT.split("---")[1]
-    for key in ("name: babysit", "description:", "allowed-tools: Bash(babysit:*)", "PreToolUse:",
-                "matcher: Bash", 'command: "@HOOK@"', "timeout: 5"):
-        assert key in front
-    description = re.search(r"^description: (.*)$", front, re.M).group(1)
-    # a plain YAML scalar: no ": " or " #" inside, and within Claude Code's 1024 characters
+def frontmatter(text: str) -> dict[str, str]:
+    """The top-level keys of a SKILL.md's frontmatter, with their (first-line) values."""
+    front = text.split("---")[1]
+    return dict(line.split(":", 1) for line in front.splitlines() if line and not line.startswith(" "))
+
+
+def test_frontmatter_is_the_open_agent_skills_format() -> None:
+    """Read by Codex CLI, Gemini CLI, Copilot, Cursor, opencode and Claude Code alike: no Claude-only key."""
+    keys = frontmatter(TEXT)
+    assert set(keys) == {"name", "description", "allowed-tools"}
+    assert keys["name"].strip() == "babysit"
+    description = keys["description"].strip()
+    # a plain YAML scalar: no ": " or " #" inside, and within the format's 1024 characters
     assert ": " not in description and " #" not in description and len(description) <= 1024
+
+
+def test_only_verbs_that_run_nothing_new_are_pre_approved() -> None:
+    """Seen in review: Bash(babysit:*) let a prompt-injected `babysit run --command '…'` through unasked."""
+    allowed = {tool.strip() for tool in frontmatter(TEXT)["allowed-tools"].split(", ")}
+    assert allowed == {f"Bash(babysit {verb}:*)" for verb in ("wait", "status", "log", "list", "ping", "history",
+                                                              "estimate")} | {"Bash(journalctl --user -u babysit-*)"}
+
+
+def test_claude_codes_copy_declares_the_hook_for_bash_and_monitor(tmp_path: Path) -> None:
+    text = skill_text(tmp_path / "it's here" / HOOK_NAME)
+    assert set(frontmatter(text)) == {"name", "description", "allowed-tools", "hooks"}
+    front = text.split("---")[1]
+    assert '    - matcher: "Bash|Monitor"' in front and "          timeout: 5" in front
+    command = re.search(r"command: (.*)", front).group(1)
+    assert shlex.split(json.loads(command)) == [str(tmp_path / "it's here" / HOOK_NAME)]
+    assert text.split("---", 2)[2] == TEXT.split("---", 2)[2]  # the same guidance
 
 
 def test_says_when_to_use_babysit_and_when_not() -> None:
@@ -124,8 +148,11 @@ def test_example_conversation_runs_waits_in_the_background_gets_notified_then_re
 
 def test_setup_installs_the_cli_and_starts_the_daemon() -> None:
     text = section("Set-up")
-    assert_says(text, "command -v babysit", "pip install --user babysit", "could not be installed",
-                "babysit ping || babysit daemon-start", "could not be started")
+    assert_says(text, "command -v babysit", "python3 -m venv ~/.local/share/babysit/venv",
+                '"${CLAUDE_SKILL_DIR}/../../.."', "could not be installed", "babysit ping || babysit daemon-start",
+                "could not be started")
+    commands = setup_lines()
+    assert "pip install --user" not in commands and "pip install babysit" not in commands  # never a stranger's package
 
 
 def test_reference_parts_are_kept() -> None:
@@ -143,19 +170,23 @@ def setup_lines() -> str:
     return re.search(r"```sh\n(.*?)```", section("Set-up"), re.S).group(1)
 
 
-def run_setup(tmp_path: Path, stubs: dict[str, str]) -> str:
-    """Run the set-up block with only the given stand-in programs on PATH; returns stdout and stderr."""
+def run_setup(tmp_path: Path, stubs: dict[str, str], skill_dir: str = "/nonexistent") -> str:
+    """Run the set-up block with only the given stand-in programs on PATH (and ${CLAUDE_SKILL_DIR} as Claude
+    Code substitutes it); returns stdout and stderr."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
     for name, body in stubs.items():
-        (tmp_path / name).write_text(f"#!/bin/bash\n{body}\n")
-        (tmp_path / name).chmod(0o755)
-    done = subprocess.run(["/bin/bash", "-c", setup_lines()], env={"PATH": str(tmp_path), "HOME": str(tmp_path)},
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    lines = setup_lines().replace("${CLAUDE_SKILL_DIR}", skill_dir)
+    done = subprocess.run(["/bin/bash", "-c", lines], env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)},
                           capture_output=True, text=True, timeout=10)
     return done.stdout + done.stderr
 
 
 def test_setup_says_plainly_when_the_cli_cannot_be_installed(tmp_path: Path) -> None:
-    said = run_setup(tmp_path, {"pip": "exit 1"})
-    assert "SETUP FAILED: babysit is not installed and could not be installed" in said
+    said = run_setup(tmp_path, {"python3": "exit 1"}, skill_dir=str(TEMPLATE.parent))  # no venv module, say
+    assert "SETUP FAILED: babysit is not installed, and the copy this skill ships could not be installed" in said
     assert "the babysit daemon is not running and could not be started" in said
 
 
@@ -273,17 +304,58 @@ def test_a_relative_dir_is_taken_from_the_current_directory(tmp_path: Path, monk
 
 def test_install_never_writes_through_a_symlink(tmp_path: Path) -> None:
     """Seen in review: `skill install` followed a symlink where SKILL.md goes, and overwrote its target."""
-    from babysit.cli.skill import HOOK_NAME, install
-
-    precious = tmp_path / "precious.txt"
-    precious.write_text("mine\n")
+    earlier = tmp_path / "earlier-copy.md"
+    earlier.write_text(skill_text(None))  # babysit's own, linked in by hand
     skill = tmp_path / "skills" / "babysit"
     skill.mkdir(parents=True)
-    (skill / "SKILL.md").symlink_to(precious)
-    (skill / HOOK_NAME).symlink_to(precious)
-    written = install(skill)
-    assert precious.read_text() == "mine\n"
+    (skill / HOOK_NAME).symlink_to(earlier)
+    written = install([Target(skill, claude=True)])
+    assert earlier.read_text() == skill_text(None)  # the link's target is untouched
     assert [w.changed for w in written] == [True, True]
-    assert not (skill / "SKILL.md").is_symlink() and (skill / "SKILL.md").read_text().startswith("---")
-    assert (skill / HOOK_NAME).stat().st_mode & 0o777 == 0o755
-    assert [w.changed for w in install(skill)] == [False, False]  # twice changes nothing
+    assert not (skill / HOOK_NAME).is_symlink() and (skill / HOOK_NAME).stat().st_mode & 0o777 == 0o755
+    assert [w.changed for w in install([Target(skill, claude=True)])] == [False, False]  # twice changes nothing
+
+
+def test_another_skill_at_a_target_is_left_alone_and_nothing_is_written(tmp_path: Path) -> None:
+    """Seen in review: other tools ship skills named babysit, and `skill install` overwrote theirs."""
+    chosen = targets(tmp_path / "home")
+    theirs = chosen[1].directory / "SKILL.md"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_text("---\nname: babysit\ndescription: watches pull requests\n---\n")
+    with pytest.raises(Occupied, match=f"a different skill is already at {theirs}"):
+        install(chosen)
+    assert theirs.read_text().endswith("watches pull requests\n---\n")
+    assert not chosen[0].directory.exists()  # all or nothing
+    theirs.unlink()
+    theirs.symlink_to(tmp_path / "elsewhere.md")  # a link is someone's arrangement too
+    with pytest.raises(Occupied):
+        install(chosen)
+
+
+def test_the_usual_places_and_a_projects(tmp_path: Path) -> None:
+    home, project = tmp_path / "home", tmp_path / "proj"
+    assert targets(home) == [Target(home / ".claude/skills/babysit", True), Target(home / ".agents/skills/babysit", False)]
+    assert [t.directory for t in targets(home, project)] == [project / ".claude/skills/babysit",
+                                                             project / ".agents/skills/babysit"]
+    written = install(targets(home))
+    assert sorted(str(w.path.relative_to(home)) for w in written) == [
+        ".agents/skills/babysit/SKILL.md", f".agents/skills/babysit/{HOOK_NAME}",
+        ".claude/skills/babysit/SKILL.md", f".claude/skills/babysit/{HOOK_NAME}"]
+    assert set(frontmatter((home / ".agents/skills/babysit/SKILL.md").read_text())) == {
+        "name", "description", "allowed-tools"}
+    assert "hooks" in frontmatter((home / ".claude/skills/babysit/SKILL.md").read_text())
+
+
+def test_the_plugin_and_its_hook_are_declared_as_claude_code_reads_them() -> None:
+    """The plugin ships the hook always on, for Bash and Monitor, its path quoted; versions in step."""
+    from babysit import __version__
+
+    root = TEMPLATE.parents[3]
+    plugin = json.loads((root / ".claude-plugin" / "plugin.json").read_text())
+    (listed,) = json.loads((root / ".claude-plugin" / "marketplace.json").read_text())["plugins"]
+    assert plugin["version"] == listed["version"] == __version__ and listed["source"] == "./"
+    assert (root / plugin["skills"] / "SKILL.md").resolve() == TEMPLATE
+    (entry,) = json.loads((root / "hooks" / "hooks.json").read_text())["hooks"]["PreToolUse"]
+    assert entry["matcher"] == "Bash|Monitor"
+    assert entry["hooks"] == [{"type": "command", "command": '"${CLAUDE_PLUGIN_ROOT}/hooks/no-sleep-babysit.sh"',
+                               "timeout": 5}]

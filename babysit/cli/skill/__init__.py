@@ -1,8 +1,15 @@
 """`babysit skill install`: the skill document for coding agents, and its no-sleep hook.
 
-Claude Code loads a skill from `<skills>/<name>/SKILL.md`, where `<skills>` is `~/.claude/skills` (the
-user's skills, for every project) or `.claude/skills` inside a project. The hook is declared in
-SKILL.md's frontmatter and runs while the skill is loaded.
+One SKILL.md, in the open Agent Skills format (this package's, which is also the Claude Code plugin's skill),
+goes where each kind of agent looks for skills:
+
+- Claude Code: `~/.claude/skills/babysit/` (or a project's `.claude/skills/babysit/`). Its copy also
+  declares the hook in its frontmatter (`hooks` is a Claude Code key), so the hook runs while the skill is
+  loaded; the plugin (.claude-plugin/) declares it always on instead.
+- Codex CLI, Gemini CLI, GitHub Copilot, Cursor, opencode: `~/.agents/skills/babysit/` (or a project's
+  `.agents/skills/babysit/`), the file as it is, with the hook beside it for the agent's own hook config.
+
+A different skill already at a target is never overwritten, and no file is written through a symlink.
 """
 
 from __future__ import annotations
@@ -18,9 +25,36 @@ from babysit.cli.install import source_file
 HOOK = "hooks/no-sleep-babysit.sh"
 HOOK_NAME = "no-sleep-babysit.sh"
 TEMPLATE = Path(__file__).parent / "SKILL.md"
+MARKER = "<!-- babysit's own skill: `babysit skill install` keeps it up to date -->"  # how its copies are known
 # Claude Code substitutes ${CLAUDE_SKILL_DIR} in a skill's content, not in its frontmatter hook
 # commands (anthropics/claude-code#36135), so the hook is named by its absolute path.
-PLACEHOLDER = '"@HOOK@"'
+HOOKS = """hooks:
+  PreToolUse:
+    - matcher: "Bash|Monitor"
+      hooks:
+        - type: command
+          command: {command}
+          timeout: 5
+"""
+
+
+class Occupied(Exception):
+    """A different skill (or a link to one) is where babysit's would go; the message says where."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one copy of the skill goes, and for which kind of agent."""
+
+    directory: Path
+    claude: bool  # Claude Code's copy declares the hook in its frontmatter
+
+
+def targets(home: Path, project: Path | None = None) -> list[Target]:
+    """The user's skill directories (Claude Code's and the agents' shared one), or a project's."""
+    root = project or home
+    return [Target(root / ".claude" / "skills" / "babysit", claude=True),
+            Target(root / ".agents" / "skills" / "babysit", claude=False)]
 
 
 @dataclass(frozen=True)
@@ -36,9 +70,21 @@ def hook_command(hook: Path) -> str:
     return shlex.quote(str(hook))
 
 
-def skill_text(hook: Path) -> str:
-    """SKILL.md with the hook's command line in its frontmatter, as a YAML double-quoted string."""
-    return TEMPLATE.read_text().replace(PLACEHOLDER, json.dumps(hook_command(hook)))
+def skill_text(hook: Path | None) -> str:
+    """SKILL.md; with a hook, its command line is declared in the frontmatter (Claude Code's form)."""
+    text = TEMPLATE.read_text()
+    if hook is None:
+        return text
+    end = text.index("\n---\n", 4) + 1  # the frontmatter's closing line
+    return text[:end] + HOOKS.format(command=json.dumps(hook_command(hook))) + text[end:]
+
+
+def ours(path: Path) -> bool:
+    """Whether a SKILL.md there is babysit's own (an earlier install): a link, or another skill, is not."""
+    try:
+        return not path.is_symlink() and MARKER in path.read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def write(path: Path, text: str, mode: int) -> Written:
@@ -59,18 +105,35 @@ def write(path: Path, text: str, mode: int) -> Written:
     return Written(path, changed=True)
 
 
-def install(directory: Path) -> list[Written]:
-    """Write SKILL.md (pointing at the hook) and the hook into `directory`."""
-    directory = directory.expanduser().absolute()  # the hook's path must work from any directory
-    directory.mkdir(parents=True, exist_ok=True)
-    hook = directory / HOOK_NAME
-    return [write(directory / "SKILL.md", skill_text(hook), 0o644),
-            write(hook, source_file(HOOK).read_text(), 0o755)]
+def install(chosen: list[Target]) -> list[Written]:
+    """Write SKILL.md and the hook into each target, or nothing at all if any holds a different skill."""
+    chosen = [Target(t.directory.expanduser().absolute(), t.claude) for t in chosen]  # hook paths work anywhere
+    taken = [t.directory / "SKILL.md" for t in chosen
+             if (t.directory / "SKILL.md").exists() or (t.directory / "SKILL.md").is_symlink()]
+    foreign = [path for path in taken if not ours(path)]
+    if foreign:
+        raise Occupied(f"a different skill is already at {', '.join(map(str, foreign))}: babysit leaves it alone; "
+                       "move it away, or install elsewhere (--dir)")
+    written = []
+    for target in chosen:
+        target.directory.mkdir(parents=True, exist_ok=True)
+        hook = target.directory / HOOK_NAME
+        written += [write(target.directory / "SKILL.md", skill_text(hook if target.claude else None), 0o644),
+                    write(hook, source_file(HOOK).read_text(), 0o755)]
+    return written
 
 
-def notes(directory: Path, home: Path) -> list[str]:
-    """What `babysit skill install` says after the files: how Claude Code finds the skill and runs the hook."""
-    return [where_claude_looks(directory, home), *hook_lines(directory)]
+def notes(chosen: list[Target], home: Path) -> list[str]:
+    """What `babysit skill install` says after the files: how each agent finds the skill and runs the hook."""
+    lines = []
+    for target in chosen:
+        if target.claude:
+            lines += [where_claude_looks(target.directory, home), *hook_lines(target.directory)]
+        else:
+            lines.append(f"Codex CLI, Gemini CLI, GitHub Copilot, Cursor and opencode load it from "
+                         f"{target.directory.expanduser().absolute()}; their hook config can run "
+                         f"{target.directory.expanduser().absolute() / HOOK_NAME} (see the README).")
+    return lines
 
 
 def where_claude_looks(directory: Path, home: Path) -> str:
@@ -90,6 +153,7 @@ def where_claude_looks(directory: Path, home: Path) -> str:
 def hook_lines(directory: Path) -> list[str]:
     """The hook's command line as written into SKILL.md, and why it is an absolute path."""
     hook = directory.expanduser().absolute() / HOOK_NAME
-    return [f"Hook (PreToolUse, matcher Bash) in SKILL.md's frontmatter: command: {json.dumps(hook_command(hook))}",
+    return [f"Hook (PreToolUse, matcher Bash|Monitor) in SKILL.md's frontmatter: command: "
+            f"{json.dumps(hook_command(hook))}",
             "  an absolute path, because Claude Code does not expand ${CLAUDE_SKILL_DIR} in hook commands: "
             "run `babysit skill install` again after moving this directory."]
