@@ -14,7 +14,9 @@ import typer
 from typer.testing import CliRunner
 
 from babysit.cli.commands import app
-from babysit.cli.skill import HOOK_NAME, TEMPLATE, Occupied, Target, install, skill_text, targets, where_claude_looks
+from babysit.cli.skill import (
+    HOOK_NAME, MARKER, TEMPLATE, Occupied, Target, install, skill_text, targets, where_claude_looks,
+)
 from babysit.core.protocol import KillReason
 
 TEXT = TEMPLATE.read_text()
@@ -330,6 +332,15 @@ def test_another_skill_at_a_target_is_left_alone_and_nothing_is_written(tmp_path
     theirs.symlink_to(tmp_path / "elsewhere.md")  # a link is someone's arrangement too
     with pytest.raises(Occupied):
         install(chosen)
+
+
+def test_a_copy_from_an_earlier_babysit_is_updated(tmp_path: Path) -> None:
+    skill = tmp_path / "skills" / "babysit"
+    skill.mkdir(parents=True)
+    earlier = TEXT.replace(MARKER, "")  # before copies carried the marker
+    (skill / "SKILL.md").write_text(earlier)
+    assert [w.changed for w in install([Target(skill, claude=False)])] == [True, True]
+    assert MARKER in (skill / "SKILL.md").read_text()
 
 
 def test_the_usual_places_and_a_projects(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ HOOK = "hooks/no-sleep-babysit.sh"
 HOOK_NAME = "no-sleep-babysit.sh"
 TEMPLATE = Path(__file__).parent / "SKILL.md"
 MARKER = "<!-- babysit's own skill: `babysit skill install` keeps it up to date -->"  # how its copies are known
+EARLIER_MARK = "\n# babysit: supervised background jobs\n"  # ...and those of versions before the marker
 # Claude Code substitutes ${CLAUDE_SKILL_DIR} in a skill's content, not in its frontmatter hook
 # commands (anthropics/claude-code#36135), so the hook is named by its absolute path.
 HOOKS = """hooks:
@@ -82,7 +83,8 @@ def skill_text(hook: Path | None) -> str:
 def ours(path: Path) -> bool:
     """Whether a SKILL.md there is babysit's own (an earlier install): a link, or another skill, is not."""
     try:
-        return not path.is_symlink() and MARKER in path.read_text(errors="replace")
+        text = path.read_text(errors="replace")
+        return not path.is_symlink() and (MARKER in text or EARLIER_MARK in text)
     except OSError:
         return False
 
