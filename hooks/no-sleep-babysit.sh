@@ -16,7 +16,7 @@ SIMPLE_COMMAND = re.compile(rf"""(?:{PART}[^;&|(){{}}\n\x27"\\]+)+""")  # betwee
 WORD = re.compile(rf"""(?:{PART}[^\s\x27"\\]+)+""")
 QUOTE = re.compile(r"""\x27([^\x27]*)\x27?|"((?:[^"\\]+|\\.)*)"?|\\(.)""")
 # a word a simple command must hold to matter here
-INTERESTING = re.compile(r"\b(?:sleep|babysit|while|until|for|bash|sh|dash|zsh|ksh|eval|watch)\b")
+INTERESTING = re.compile(r"\b(?:sleep|babysit|while|until|for|done|bash|sh|dash|zsh|ksh|eval|watch)\b")
 ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 KEYWORDS = {"while", "until", "for", "if", "then", "do", "else", "elif", "!", "time", "in", "done", "fi"}
 WRAPPERS = {"command", "builtin", "exec", "nohup", "env", "nice", "timeout", "stdbuf", "sudo", "xargs"}
@@ -34,11 +34,11 @@ def scan(text, found, depth=0):
     """Note in `found` what `text` runs: a sleep, a babysit read (and its --name), a loop, a watched read."""
     seen = set()  # a simple command met again adds nothing: generated scripts repeat themselves
     loop = 0  # how deep in while/until/for loops the current command is
-    for simple in SIMPLE_COMMAND.finditer(text):
-        segment = simple.group()
+    # split and sifted by the regex engine: the loop below meets only the commands that can matter
+    for segment in filter(INTERESTING.search, SIMPLE_COMMAND.findall(text)):
         if segment.lstrip().startswith("done"):
             loop = max(0, loop - 1)
-        if (segment in seen and not loop) or not INTERESTING.search(segment):
+        if segment in seen and not loop:
             continue
         seen.add(segment)
         words = (unquoted(w.group()) for w in itertools.islice(WORD.finditer(segment), 64))
