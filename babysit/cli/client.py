@@ -20,9 +20,7 @@ from babysit.core.protocol import (
     SCHEDULER_INTERFACE,
     SCHEDULER_PATH,
     BabysitError,
-    State,
     complete,
-    task_path,
 )
 
 DBUS = "org.freedesktop.DBus"
@@ -150,63 +148,6 @@ class Client:
 
     async def add_match(self, rule: str) -> None:
         await self.call("AddMatch", "s", [rule], destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS)
-
-    async def wait(self, name: str, on_event: Callable[[dict[str, Any]], None] | None = None,
-                   on_progress: Callable[[dict[str, Any]], None] | None = None,
-                   on_attached: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Block until the task's latest run is terminal; return its result.
-
-        Driven by the task object's PropertiesChanged. The match rules go in before the snapshot, so
-        nothing that happens in between is missed; events that happened before are replayed first.
-        `on_attached` gets that first snapshot: from then on, no change is missed.
-        """
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        path = task_path(name)
-
-        def handler(message: Message) -> None:
-            if message.message_type != MessageType.SIGNAL:
-                return
-            if message.path == path and message.member == "PropertiesChanged":
-                changed = unwrap(message.body[1])
-                queue.put_nowait(("state", changed))
-                if on_progress and "Usage" in changed:
-                    on_progress(changed["Usage"])
-            elif message.member == "RunawayRisk" and message.body and message.body[0] == name:
-                queue.put_nowait(("event", unwrap(message.body[1])))
-            elif message.member == "NameOwnerChanged" and message.body[0] == BUS_NAME:
-                queue.put_nowait(("owner", message.body[2]))
-
-        self.bus.add_message_handler(handler)
-        await self.add_match(f"type='signal',sender='{BUS_NAME}',path='{path}',"
-                             "interface='org.freedesktop.DBus.Properties',member='PropertiesChanged'")
-        await self.add_match(f"type='signal',sender='{BUS_NAME}',interface='{SCHEDULER_INTERFACE}',"
-                             f"member='RunawayRisk',arg0='{name}'")
-        await self.add_match(f"type='signal',sender='{DBUS}',member='NameOwnerChanged',arg0='{BUS_NAME}'")
-        seen: set[tuple[Any, ...]] = set()
-
-        def emit(event: dict[str, Any]) -> None:
-            key = (event.get("dim"), event.get("at"))
-            if on_event and key not in seen:
-                seen.add(key)
-                on_event(event)
-
-        for event in (await self.call("Events", "s", [name]))[0]:
-            if event.get("event") == "runaway_risk":
-                emit(event)
-        status = await self.status(name)
-        if on_attached:
-            on_attached(status)
-        while not State(status["status"]).terminal:
-            kind, value = await queue.get()
-            if kind == "event":
-                emit(value)
-            elif kind == "state" and value.get("State") and State(value["State"]).terminal:
-                # the terminal JSON comes with the change: the waiting user is spared a Status round trip
-                status = complete(value["Result"]) if value.get("Result") else await self.status(name)
-            elif kind == "owner":
-                # babysitd went away or came back: ask again (activation restarts it if it can)
-                status = await self.status(name)
-        return status
 
     async def wait_for_capacity(self, mem_bytes: int, cpu_cores: float, timeout: float | None,
                                 recheck_s: float = 2.0) -> bool:

@@ -17,6 +17,7 @@ import typer
 
 from babysit import __version__
 from babysit.cli.client import Client, DaemonBusy, DaemonNotRunning, variant_dict
+from babysit.cli.waiting import Waiter
 from babysit.core.protocol import (
     HISTORY_KEYS,
     BabysitError,
@@ -121,8 +122,18 @@ def run(
     buffering: str = typer.Option(None, "--buffering",
                                   help="line (default): C/C++ programs' stdout is line-buffered, so their output "
                                        "shows at once; default: leave buffering to the programs (binary output)"),
+    after: str = typer.Option(None, "--after", help="start only once these tasks completed: NAME[,NAME...]; "
+                                                    "NAME:any waits for any end"),
+    retries: int = typer.Option(None, "--retries", help="attempts after the first (default 0); a resource kill's "
+                                                        "retry asks for what its kill_hint said"),
+    retry_on: str = typer.Option(None, "--retry_on", "--retry-on",
+                                 help="ends that are retried (default oom,mem_2x_sustained,cpu_2x_sustained,timeout,"
+                                      "pressure; also failed, observability_stall, unknown)"),
+    array: str = typer.Option(None, "--array", help="a sweep: one task NAME-<i> per index, e.g. 1-100, 0,3,7, "
+                                                    "1-100%4 (at most 4 at once); {index} in the command and "
+                                                    "$BABYSIT_ARRAY_INDEX hold the index"),
 ) -> None:
-    """Start a supervised task in the background (non-blocking).
+    """Start a supervised task in the background (non-blocking); a chain step with --after, a sweep with --array.
 
     Example: babysit run --name=train --command='uv run python -u train.py' --estimated_time=2h --estimated_mem_bytes=8G
     """
@@ -131,12 +142,13 @@ def run(
         "estimated_time": estimated_time, "kill_timeout": kill_timeout,
         "observability_interval": observability_interval, "mem_pct_limit": mem_pct_limit,
         "cpu_pct_limit": cpu_pct_limit, "estimated_mem_bytes": estimated_mem_bytes,
-        "estimated_cpu_cores": estimated_cpu_cores, "buffering": buffering,
+        "estimated_cpu_cores": estimated_cpu_cores, "buffering": buffering, "after": after, "retries": retries,
+        "retry_on": retry_on, "array": array,
     })
 
     async def submit(c: Client) -> tuple[str, str | None]:
         queued = await c.submit(spec, force)
-        if None not in (estimated_time, estimated_mem_bytes, estimated_cpu_cores):
+        if None not in (estimated_time, estimated_mem_bytes, estimated_cpu_cores) or array:
             return queued, None
         return queued, (await c.status(queued)).get("estimates_from")  # some were left to earlier runs
 
@@ -150,32 +162,44 @@ def run(
 
 
 @app.command()
-def wait(name: str = Name) -> None:
-    """Block until the task is terminal; the result JSON goes to stdout, runaway_risk events to stderr.
+def wait(
+    names: list[str] = typer.Option(..., "--name", help="a task or a sweep; repeat for several"),
+    any_: bool = typer.Option(False, "--any", help="return when the first of them ends"),
+) -> None:
+    """Block until the tasks are terminal; their result JSON goes to stdout (one object per name, a sweep's
+    summary for a sweep), runaway_risk events and retries to stderr.
 
-    Exit 0 only when it completed. Example: babysit wait --name=train
+    Exit 0 only when every one completed. Example: babysit wait --name=train
     """
-
-    line = StatusLine(name) if sys.stderr.isatty() else None
+    line = StatusLine(names[0]) if sys.stderr.isatty() and len(names) == 1 else None
 
     def on_event(event: dict[str, Any]) -> None:
         if line:
             line.clear()
         typer.echo(json.dumps(event), err=True)
 
+    def on_retry(result: dict[str, Any]) -> None:  # an attempt ended, and the next is queued
+        on_event({"event": "retry", **terminal_only(result)})
+
     def attached(report: dict[str, Any]) -> None:
         if line:
             line.report = report
             line.show(report)
 
-    async def wait_with_status(c: Client) -> dict[str, Any]:
-        return await c.wait(name, on_event, line.show if line else None, attached)
+    async def wait_with_status(c: Client) -> list[dict[str, Any]]:
+        waiter = Waiter(c, on_event, on_retry, line.show if line else None, attached)
+        return await waiter.wait(list(dict.fromkeys(names)), any_)
 
-    result = terminal_only(call(wait_with_status))
+    results = call(wait_with_status)
     if line:
         line.clear()
-    print_json(result)
-    raise typer.Exit(int(ExitCode.OK if result["status"] == State.COMPLETED else ExitCode.NEGATIVE))
+    for result in results:
+        if "results" in result:  # a sweep's summary
+            print_json({**result, "results": [terminal_only(complete(m)) for m in result["results"]]})
+        else:
+            print_json(terminal_only(result))
+    completed = all(result["status"] == State.COMPLETED for result in results)
+    raise typer.Exit(int(ExitCode.OK if completed else ExitCode.NEGATIVE))
 
 
 class StatusLine:
@@ -287,7 +311,29 @@ def list_(
     if as_json:
         print_json(tasks)
         return
-    print_table(COLUMNS, [row(t) for t in tasks])
+    print_table(COLUMNS, rolled_up(tasks))
+
+
+def rolled_up(tasks: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """A row per task; one per sweep, where its members are counted by state (in the first member's place)."""
+    from babysit.core.workflow import rollup
+
+    sweeps: dict[str, list[dict[str, Any]]] = {}
+    for task in tasks:
+        if task.get("group"):
+            sweeps.setdefault(task["group"], []).append(task)
+    rows, shown = [], set()
+    for task in tasks:
+        group = task.get("group")
+        if not group:
+            rows.append(row(task))
+        elif group not in shown:
+            shown.add(group)
+            members = sweeps[group]
+            counts = rollup(m["status"] for m in members)
+            said = ", ".join(f"{n} {state}" for state, n in counts.counts.items())
+            rows.append((f"{group} (sweep of {len(members)})", f"{counts.status} ({said})", "-", "-", "-", "-"))
+    return rows
 
 
 def print_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -320,7 +366,8 @@ def history_row(run: dict[str, Any]) -> tuple[str, ...]:
     return (
         submitted,
         run["name"],
-        run["status"] + (f" ({run['kill_reason']})" if run.get("kill_reason") else ""),
+        run["status"] + (f" ({run['kill_reason']})" if run.get("kill_reason") else "")
+        + (f", attempt {run['attempt']}/{run['attempts']}" if run.get("attempts") else ""),
         f"{format_duration(elapsed) if elapsed is not None else '-'}/{format_duration(run['estimated_time_s'])}",
         f"{format_size(run.get('peak_mem_bytes'))}/{format_size(run['estimated_mem_bytes'])}",
         f"{'-' if p95 is None else f'{p95:.1f}'}/{run['estimated_cpu_cores']:g}",
@@ -423,7 +470,7 @@ def log(
 
         async def relay_until_terminal(c: Client) -> None:
             relay = asyncio.get_running_loop().run_in_executor(None, _relay, journal, cursor, out)
-            await c.wait(name)
+            await Waiter(c).wait([name])
             await _until_quiet(cursor)
             journal.terminate()
             await relay
@@ -485,7 +532,7 @@ def _log_file(name: str, path: Path, tail: int, follow: bool, out: Output) -> No
                 await asyncio.sleep(0.2)
 
         relaying = asyncio.ensure_future(relay())
-        await c.wait(name)
+        await Waiter(c).wait([name])
         done.set()
         await relaying
 

@@ -57,7 +57,7 @@ def running_row(task: dict[str, Any], now: float) -> list[Any]:
     mem, mem_est, mem_cap = task["mem_bytes"], task["estimated_mem_bytes"], task["memory_max_bytes"]
     cpu, cpu_est, cpu_cap = task["cpu_cores"], task["estimated_cpu_cores"], task["cpu_quota_pct"] / 100
     return [
-        task["name"], Text("running", style="yellow"),
+        shown_name(task), Text("running", style="yellow"),
         Text.assemble(bar(mem, mem_est, mem_cap, BAR), f" {short(mem)}/{short(mem_est)}"),
         Text.assemble(bar(cpu, cpu_est, cpu_cap, 5), f" {cpu:.1f}/{cpu_est:g}"),
         Text(format_duration(max(0.0, left)), style="red" if left < 0.1 * task["kill_timeout_s"] else ""),
@@ -66,10 +66,15 @@ def running_row(task: dict[str, Any], now: float) -> list[Any]:
     ]
 
 
+def shown_name(task: dict[str, Any]) -> str:
+    """The name, with the attempt of a task that is retried (`train 2/3`)."""
+    return f"{task['name']} {task['attempt']}/{task['attempts']}" if task.get("attempts") else task["name"]
+
+
 def queued_line(task: dict[str, Any]) -> Text:
     """A queued task: its place, what it waits for, and what it asks."""
     return Text.assemble(
-        (f"#{task.get('queue_position', '?')} ", "cyan"), task["name"],
+        (f"#{task.get('queue_position', '?')} ", "cyan"), shown_name(task),
         f"  waiting: {task.get('waiting_for', 'its turn')}; asks {short(task['estimated_mem_bytes'])}, "
         f"{task['estimated_cpu_cores']:g} cores", overflow="ellipsis", no_wrap=True)
 

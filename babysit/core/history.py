@@ -49,6 +49,9 @@ class PastRun:
     estimated_time_s: float
     estimated_mem_bytes: int
     estimated_cpu_cores: float
+    attempt: int | None = None  # of a task retried: which attempt of how many
+    attempts: int | None = None
+    group: str | None = None  # of a sweep's member: the sweep's name
 
 
 def past_run(task: Task, p95_cpu_cores: float | None) -> PastRun:
@@ -58,9 +61,11 @@ def past_run(task: Task, p95_cpu_cores: float | None) -> PastRun:
     elapsed = task.finished_at - task.started_at if task.started_at and task.finished_at else None
     if p95_cpu_cores is None and usage.cpu_seconds is not None and elapsed:
         p95_cpu_cores = usage.cpu_seconds / elapsed
+    w = task.spec.workflow
     return PastRun(task.id, task.name, task.spec.command, task.spec.cwd, task.state,
                    str(o.kill_reason) if o and o.kill_reason else None, o.exit_code if o else None,
-                   task.submitted_at, elapsed, usage.peak_mem_bytes, p95_cpu_cores, e.time_s, e.mem_bytes, e.cpu_cores)
+                   task.submitted_at, elapsed, usage.peak_mem_bytes, p95_cpu_cores, e.time_s, e.mem_bytes, e.cpu_cores,
+                   w.attempt if w.retries else None, w.attempts if w.retries else None, w.group or None)
 
 
 def name_stem(name: str) -> str:

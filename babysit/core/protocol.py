@@ -36,6 +36,7 @@ class KillReason(StrEnum):
     CPU_2X_SUSTAINED = "cpu_2x_sustained"
     OBSERVABILITY_STALL = "observability_stall"
     PRESSURE = "pressure"
+    DEPENDENCY = "dependency"  # never run: a task it was to run after did not end as required
 
 
 class ExitCode(IntEnum):
@@ -159,16 +160,20 @@ RESULT_KEYS = (
     "runtime_max_s", "unit", "log_cmd",
 )
 KILL_KEYS = ("kill_reason", "kill_hint")
+# after them, where they apply: its chain, its attempts (and what follows this one), its sweep
+WORKFLOW_KEYS = ("after", "attempt", "attempts", "next_attempt", "retry", "group", "array_index")
 # `babysit history`'s keys, in order
 HISTORY_KEYS = (
     "name", "run_id", "status", "kill_reason", "exit_code", "submitted_at", "elapsed_s", "peak_mem_bytes",
-    "p95_cpu_cores", "estimated_time_s", "estimated_mem_bytes", "estimated_cpu_cores", "command", "cwd",
+    "p95_cpu_cores", "estimated_time_s", "estimated_mem_bytes", "estimated_cpu_cores", "command", "cwd", "attempt",
+    "attempts", "group",
 )
 
 
 def terminal_only(report: dict[str, Any]) -> dict[str, Any]:
     """The terminal JSON's keys of a fuller status report."""
-    return {k: v for k, v in report.items() if k in KILL_KEYS or k in RESULT_KEYS or k == "detail"}
+    kept = {*KILL_KEYS, *RESULT_KEYS, *WORKFLOW_KEYS, "detail"}
+    return {k: v for k, v in report.items() if k in kept}
 
 
 def complete(report: dict[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,9 @@ def result(task: Task, now: float) -> dict[str, Any]:
     }
     if outcome and outcome.detail:
         report["detail"] = outcome.detail
+    report |= task.spec.workflow.as_dict()
+    if outcome and outcome.retry:  # a retried run's result says what follows (next_attempt), or why nothing does
+        report |= {"next_attempt": outcome.next_attempt or None, "retry": outcome.retry}
     return report
 
 

@@ -10,6 +10,17 @@ from typing import Any
 
 from babysit.core.protocol import ExceedsCap, InvalidArgument, KillReason, State
 from babysit.core.quantities import format_size, parse_duration, parse_size
+from babysit.core.workflow import (
+    DEFAULT_RETRY_ON,
+    MAX_RETRIES,
+    Sweep,
+    Workflow,
+    member_command,
+    member_name,
+    parse_after,
+    parse_array,
+    parse_retry_on,
+)
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -78,6 +89,7 @@ class TaskSpec:
     request_id: str = ""  # the client's id for this submission, so a retried Run is not a second task
     buffering: Buffering = Buffering.LINE
     estimates_from: str = ""  # where estimates the caller left out came from: earlier runs (babysit.history)
+    workflow: Workflow = Workflow()  # its chain, attempts and sweep (core.workflow)
 
 
 def validate_name(name: object) -> str:
@@ -162,7 +174,7 @@ def clean_env(env: Mapping[str, str]) -> dict[str, str]:
 
 SPEC_FIELDS = {"name", "command", "cwd", "env", "estimated_time", "kill_timeout", "observability_interval",
                "mem_pct_limit", "cpu_pct_limit", "estimated_mem_bytes", "estimated_cpu_cores", "request_id",
-               "buffering"}
+               "buffering", "after", "retries", "retry_on", "array"}
 # what `Adjust` may change: a run's command, environment and directory are what it was started with
 ADJUSTABLE_FIELDS = ("estimated_time", "kill_timeout", "observability_interval", "estimated_mem_bytes",
                      "estimated_cpu_cores", "mem_pct_limit", "cpu_pct_limit")
@@ -195,7 +207,38 @@ def spec_from_wire(wire: Mapping[str, Any], host: Host) -> TaskSpec:
     if buffering not in set(Buffering):
         raise InvalidArgument(f"buffering must be one of {', '.join(Buffering)}, not {buffering!r}")
     return TaskSpec(name, command, cwd, clean_env(env), estimates, mem_pct, cpu_pct, request_id,
-                    Buffering(buffering))
+                    Buffering(buffering), workflow=workflow_from_wire(wire, name))
+
+
+def _words(wire: Mapping[str, Any], key: str) -> str | None:
+    """A list flag as one comma-separated string: D-Bus callers may send `s` or `as`."""
+    value = wire.get(key)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    return _get(wire, key, (str,))
+
+
+def workflow_from_wire(wire: Mapping[str, Any], name: str) -> Workflow:
+    """The chain, retries and sweep a `Run` dictionary asks for (dependencies not bound to runs yet)."""
+    after, retry_on, array = _words(wire, "after"), _words(wire, "retry_on"), _get(wire, "array", (str,))
+    retries = _number(wire, "retries", -1, MAX_RETRIES) or 0
+    if retries != int(retries):
+        raise InvalidArgument("retries must be a whole number")
+    sweep = parse_array(array) if array else None
+    if sweep:
+        validate_name(member_name(name, max(sweep.indices)))  # the longest member name must be a name too
+    return Workflow(after=parse_after(after) if after else (), retries=int(retries),
+                    retry_on=parse_retry_on(retry_on) if retry_on else DEFAULT_RETRY_ON,
+                    group=name if sweep else "", limit=sweep.limit if sweep else 0)
+
+
+def sweep_members(spec: TaskSpec, sweep: Sweep, sweep_id: str) -> list[TaskSpec]:
+    """One spec per index of a sweep: named `<group>-<index>`, `{index}` in its command replaced, and
+    BABYSIT_ARRAY_INDEX in its environment."""
+    return [replace(spec, name=member_name(spec.name, index), command=member_command(spec.command, index),
+                    env={**spec.env, "BABYSIT_ARRAY_INDEX": str(index)},
+                    workflow=replace(spec.workflow, index=index, sweep=sweep_id))
+            for index in sweep.indices]
 
 
 def estimates_from_wire(wire: Mapping[str, Any], host: Host, mem_pct: float, cpu_pct: float) -> Estimates:
@@ -290,6 +333,8 @@ class Outcome:
     kill_reason: KillReason | None = None
     detail: str = ""  # why, for `unknown`, or what systemd said
     history: Spread | None = None  # for a kill: the killing figure over the earlier runs
+    next_attempt: int = 0  # the attempt queued after this one (--retries); 0 when none is
+    retry: str = ""  # what the next attempt asks for, or why none follows
 
 
 @dataclass(frozen=True)

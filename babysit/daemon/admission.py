@@ -3,6 +3,7 @@ what the running tasks hold (core.capacity decides)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from babysit.core.capacity import Decision, Reservation, capacity_report, decide
@@ -12,9 +13,10 @@ from babysit.executors.base import Executor
 
 
 class Admission:
-    def __init__(self, ledger: Ledger, executor: Executor) -> None:
+    def __init__(self, ledger: Ledger, executor: Executor, ahead: Callable[[], list[str]]) -> None:
         self.ledger = ledger
         self.executor = executor
+        self.ahead = ahead  # the queued tasks that go first: those free to start (not waiting for others)
 
     def room_now(self) -> tuple[Host, int, list[Reservation]]:
         """The room, the free memory, and what running tasks hold: as their estimates say on one host, as
@@ -29,7 +31,7 @@ class Admission:
 
     def decide(self, mem_bytes: int, cpu_cores: float, ahead: list[str] | None = None) -> Decision:
         """Whether a task of these estimates fits now, behind the queue (or behind `ahead`)."""
-        queued = [t.name for t in self.ledger.queue()] if ahead is None else ahead
+        queued = self.ahead() if ahead is None else ahead
         return decide(*self.room_now(), mem_bytes, cpu_cores, queued)
 
     def hands_over(self, decision: Decision) -> bool:
@@ -38,4 +40,4 @@ class Admission:
 
     def report(self, warnings: list[str]) -> dict[str, Any]:
         """`Capacity`: the room, the free memory, the queue, and what does not hold here."""
-        return capacity_report(*self.room_now(), [t.name for t in self.ledger.queue()]) | {"warnings": warnings}
+        return capacity_report(*self.room_now(), self.ahead()) | {"warnings": warnings}

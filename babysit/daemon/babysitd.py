@@ -4,6 +4,7 @@
     Scheduler   the client verbs, admission, the queue; hands tasks to the executor
     Supervisor  samples what runs, applies the kill policy, deadlines and host pressure
     Learning    estimates from earlier runs          Endings   the record of a run's end
+    Workflows   chains, retries and sweeps
 
 The executor reports each run's transitions here (executors.base.RunEvents); the D-Bus face
 (service.BusService) calls the scheduler's verbs and publishes what the ledger changes.
@@ -22,6 +23,7 @@ from babysit.daemon.ledger import Ledger
 from babysit.daemon.scheduler import Scheduler
 from babysit.daemon.store import Store
 from babysit.daemon.supervisor import Supervisor
+from babysit.daemon.workflows import Workflows
 from babysit.executors.base import Executor
 
 log = logging.getLogger("babysitd")
@@ -33,8 +35,10 @@ class Babysitd:
         self.ledger = Ledger(db)
         self.supervisor = Supervisor(self.ledger, executor, settings)
         learning = Learning(db, executor)
-        self.endings = Endings(self.ledger, executor, learning, settings)
-        self.scheduler = Scheduler(self.ledger, executor, self.supervisor, learning, self.endings, settings, advice)
+        workflows = Workflows(self.ledger, learning, executor)
+        self.endings = Endings(self.ledger, executor, learning, workflows, settings)
+        self.scheduler = Scheduler(self.ledger, executor, self.supervisor, learning, workflows, self.endings, settings,
+                                   advice)
 
     # --- start-up -------------------------------------------------------------------------------------
 
@@ -53,7 +57,7 @@ class Babysitd:
             await self.executor.adopt(task)  # which says so if it ended meanwhile
         await self.executor.tidy(set(self.ledger.tasks))
         self.endings.prune()
-        await self.scheduler.drain()  # queued tasks survive restarts, and start once they fit
+        await self.scheduler.queue.drain()  # queued tasks survive restarts, and start once they fit
 
     async def take_up_unrecorded(self) -> None:
         """Runs going on that babysit's records do not know (the database was lost or damaged): recorded
@@ -99,4 +103,4 @@ class Babysitd:
             return
         watch = self.supervisor.unwatch(task_id)
         timeline = watch.timeline if watch and watch.timeline.points else None
-        await self.scheduler.finish(task.with_(usage=usage), outcome, timeline)
+        await self.scheduler.queue.finish(task.with_(usage=usage), outcome, timeline)

@@ -1,5 +1,5 @@
 """The record of a run's end: its result and timeline in one commit, then its executor lets go of it,
-and only then are its name and its room free."""
+and only then are its name and its room free; then its next attempt, where it is retried."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from dataclasses import replace
 
 from babysit.common.config import Config
 from babysit.core import history
-from babysit.core.task import Outcome, Task
+from babysit.core.protocol import BabysitError
+from babysit.core.task import Outcome, Task, derive_caps
 from babysit.core.timeline import Timeline
 from babysit.daemon.learning import Learning
 from babysit.daemon.ledger import Ledger
+from babysit.daemon.workflows import Workflows
 from babysit.executors.base import Executor
 
 log = logging.getLogger("babysitd")
@@ -20,21 +22,25 @@ PRUNE_EVERY = 100  # finished runs between two prunings of the history (and one 
 
 
 class Endings:
-    def __init__(self, ledger: Ledger, executor: Executor, learning: Learning, settings: Config) -> None:
+    def __init__(self, ledger: Ledger, executor: Executor, learning: Learning, workflows: Workflows,
+                 settings: Config) -> None:
         self.ledger = ledger
         self.executor = executor
         self.learning = learning
+        self.workflows = workflows
         self.config = settings
         self.since_prune = 0
 
     async def record(self, task: Task, outcome: Outcome, timeline: Timeline | None = None) -> None:
-        """Store the result (with the run's timeline), let the executor release the run, then free the name."""
+        """Store the result (with the run's timeline), let the executor release the run, then free the name;
+        queue the next attempt under it at once, where the run is retried (its result says so)."""
         if outcome.kill_reason in history.KILLING_FIGURE:
             # the hint cites how the earlier runs went, so the query comes before the commit that the
             # waiter's result comes from: one indexed query (History of a name: ~1 ms with 10000 runs
             # stored), paid only by kills that cite a figure
             outcome = replace(outcome,
                               history=self.learning.earlier(task, history.KILLING_FIGURE[outcome.kill_reason]))
+        outcome, again = self.workflows.retry(task, outcome)  # from what the hint, with its history, says
         task = self.ledger.save(task.with_(state=outcome.state, outcome=outcome, finished_at=time.time()),
                                 outcome.detail, timeline)
         await self.executor.release(task)  # the name stays taken meanwhile: a new run must not meet the old one
@@ -42,6 +48,12 @@ class Endings:
         if self.since_prune >= PRUNE_EVERY:
             self.prune()
         self.ledger.forget(task)
+        if again:  # in the same turn as the name was freed: no other run can take it in between
+            try:
+                following = self.ledger.add(again, derive_caps(again, self.executor.host))
+                log.info("%s: %s (run #%d)", task.name, outcome.retry, following.id)
+            except BabysitError as e:
+                log.warning("%s: its next attempt could not be queued: %s", task.name, e)
 
     def prune(self) -> None:
         """Keep the history bounded (config history_max_runs and history_max_days); not while the store takes

@@ -55,10 +55,30 @@ class Ledger:
 
     def latest(self, name: str) -> Task:
         """A name's live run, or else its last finished one."""
-        task = self.tasks.get(name) or self.unstored.get(name) or self.store.latest(name)
+        task = self.latest_or_none(name)
         if task is None:
             raise NoSuchTask(f"no task named {name!r}")
         return task
+
+    def latest_or_none(self, name: str) -> Task | None:
+        return self.tasks.get(name) or self.unstored.get(name) or self.store.latest(name)
+
+    def store_get(self, task_id: int) -> Task | None:
+        """A run's stored record, if there is one."""
+        return self.store.find(task_id)
+
+    def add_all(self, specs: list[TaskSpec], caps: Caps) -> list[Task]:
+        """New runs' records in one commit (a sweep's members): all or none."""
+        self.retry()
+        if self.pending:
+            raise not_started(self.unwritable)
+        try:
+            tasks = self.store.add_all(specs, [caps] * len(specs), time.time())
+        except sqlite3.OperationalError as e:
+            raise not_started(unavailable_because(self.store.path, e)) from e
+        for task in tasks:
+            self.track(task)
+        return tasks
 
     def live(self, name: str) -> Task:
         task = self.latest(name)
@@ -76,15 +96,7 @@ class Ledger:
     def add(self, spec: TaskSpec, caps: Caps) -> Task:
         """A new run's record. It needs its id from the store now, after every change kept before it: while
         the store takes no writes, the run is refused (StoreUnavailable), not kept."""
-        self.retry()
-        if self.pending:
-            raise not_started(self.unwritable)
-        try:
-            task = self.store.add(spec, caps, time.time())
-        except sqlite3.OperationalError as e:
-            raise not_started(unavailable_because(self.store.path, e)) from e
-        self.track(task)
-        return task
+        return self.add_all([spec], caps)[0]
 
     def write(self, change: Write) -> None:
         """Apply a change to the store, or keep it, after those kept before it, until the store takes writes."""

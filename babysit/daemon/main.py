@@ -82,7 +82,7 @@ async def serve() -> None:
     await service.export()  # the name last: D-Bus activation callers only get a ready daemon
     loop = asyncio.get_running_loop()
     supervision = {loop.create_task(work): name for work, name in (
-        (daemon.supervisor.sample_forever(), "sampling"), (scheduler.recheck_forever(), "queue re-check"),
+        (daemon.supervisor.sample_forever(), "sampling"), (scheduler.queue.recheck_forever(), "queue re-check"),
         (executor.supervise(), f"{executor.kind} supervision"))}
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,5 +1,5 @@
-"""The scheduler: one handler per client verb (run, kill, adjust, status, list, history, estimate), the
-queue and its drain, and the hand-over of a task to its executor.
+"""The scheduler: one handler per client verb (run, kill, adjust, status, list, history, estimate); the queue
+(queue.Queue) decides what starts when, and hands tasks to the executor.
 
 Admission weighs tasks (admission.Admission), earlier runs fill in estimates (learning.Learning), the
 supervisor watches what runs, and a run's end is recorded by endings.Endings.
@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from babysit import __version__
-from babysit.common import failpoints
-from babysit.common.background import Background, carry_on
 from babysit.common.config import Config
 from babysit.core import history, report
 from babysit.core.capacity import refusal, requested_room, room, shortfall
 from babysit.core.protocol import (
-    CapacityExceeded, CapsUnavailable, ExecutorUnavailable, InvalidArgument, KillReason, NameInUse, QueueFull, State,
+    CapacityExceeded, CapsUnavailable, ExecutorUnavailable, InvalidArgument, KillReason, QueueFull, State,
 )
 from babysit.core.quantities import format_duration
 from babysit.core.task import (
@@ -37,14 +35,13 @@ from babysit.core.task import (
     spec_to_wire,
     validate_name,
 )
-from babysit.core.timeline import Timeline
-from babysit.daemon.admission import Admission
 from babysit.daemon.endings import Endings
-from babysit.daemon.handover import HandOver
 from babysit.daemon.learning import Learning
 from babysit.daemon.ledger import Ledger
+from babysit.daemon.queue import Queue
 from babysit.daemon.supervisor import Supervisor
-from babysit.executors.base import Executor, StartDeferred, StartRefused
+from babysit.daemon.workflows import Workflows
+from babysit.executors.base import Executor
 
 log = logging.getLogger("babysitd")
 LIST_ALL_MAX = 1000  # `List(all)`: the newest runs, live ones included (a reply of a few MB at most)
@@ -53,70 +50,80 @@ HISTORY_MAX = 1000  # `History`: at most this many runs, whatever limit is asked
 
 class Scheduler:
     def __init__(self, ledger: Ledger, executor: Executor, supervisor: Supervisor, learning: Learning,
-                 endings: Endings, settings: Config, advice: list[str]) -> None:
+                 workflows: Workflows, endings: Endings, settings: Config, advice: list[str]) -> None:
         self.ledger = ledger
         self.executor = executor
         self.supervisor = supervisor
         self.learning = learning
+        self.workflows = workflows
         self.endings = endings
         self.config = settings
-        self.admission = Admission(ledger, executor)
+        self.queue = Queue(ledger, executor, supervisor, workflows, endings, settings)
+        self.admission = self.queue.admission
         self.advice = advice + executor.advice  # what does not hold here, with the fix: `run` goes on
-        self._deciding = asyncio.Lock()  # one decision at a time, so two tasks never take the same room
-        self._drain_requested = False  # a burst of task ends drains the queue once, not once per end
-        self.handover = HandOver(ledger, executor, self.spawn)
-        self.background = Background()
 
     # --- verbs that change things -----------------------------------------------------------------
 
     async def run(self, wire: Mapping[str, Any], force: bool) -> str:
-        """Validate and admit a task: start it if it fits now, queue it with force, refuse it otherwise."""
+        """Validate and admit a task (or a sweep's members): start it if it fits now, queue it with force or
+        when it waits for other tasks, refuse it otherwise."""
         self.check_executor("the task is not submitted")
         spec, _ = self.learning.spec(wire)
         caps = derive_caps(spec, self.executor.host)
         check_cwd(spec.cwd)
         if self.executor.caps_missing:
             raise CapsUnavailable("; ".join(self.executor.caps_missing))
-        async with self._deciding:
+        async with self.queue.deciding:
             await self.executor.refresh()
             earlier = self.ledger.store.by_request(spec.request_id) if spec.request_id else None
             if earlier:
                 log.info("Run of %s retried by its client: request %s was already taken", spec.name, spec.request_id)
-                return earlier.name
-            if len(self.ledger.tasks) >= self.config.max_live_tasks:
-                raise QueueFull(f"{len(self.ledger.tasks)} tasks are queued or running, as many as babysit keeps "
-                                f"(max_live_tasks); wait for some to end, or kill queued ones")
+                return earlier.spec.workflow.group or earlier.name
+            spec = self.workflows.bind(spec)
+            specs = self.workflows.members(spec, wire) if spec.workflow.group else [spec]
+            if len(self.ledger.tasks) + len(specs) > self.config.max_live_tasks:
+                raise QueueFull(f"{len(self.ledger.tasks)} tasks are queued or running; {len(specs)} more would be "
+                                "more than babysit keeps (max_live_tasks); wait for some to end, or kill queued ones")
             decision = self.admission.decide(spec.estimates.mem_bytes, spec.estimates.cpu_cores)
-            if not decision.admit and not force:
-                if spec.name in self.ledger.tasks:  # a live name is the first thing to fix
-                    raise NameInUse.of(spec.name)
+            self.workflows.check_name(spec.name)  # a live name is the first thing to fix
+            if not decision.admit and not force and not spec.workflow.after:  # a dependent waits anyway
                 raise CapacityExceeded(json.dumps(refusal(spec.name, decision, spec.estimates_from)))
-            task = self.ledger.add(spec, caps)
-            if not self.admission.hands_over(decision):
-                log.info("queued %s: %s", task.name, decision.reason)
-            elif self.executor.queues:
-                self.handover.give([task])  # after the answer: a submission (sbatch) may take long
-            else:
-                await self.spawn(task)
-        return task.name
+            tasks = self.ledger.add_all(specs, caps)
+            if not self.admission.hands_over(decision) or spec.workflow.after:
+                log.info("queued %s: %s", spec.name, decision.reason or "it waits for other tasks")
+            await self.queue.drain_now()
+        return spec.workflow.group or tasks[0].name
 
     async def kill(self, name: str) -> None:
-        """Graceful stop of a running task, or removal of a queued one."""
+        """Graceful stop of a running task, or removal of a queued one; of every live member, for a sweep."""
+        members = self.workflows.live_members(name)
+        for member in members:
+            await self.kill(member.name)
+        if members:
+            return
         task = self.ledger.live(name)
         if task.in_babysits_queue:
-            await self.finish(task, Outcome(State.KILLED, kill_reason=KillReason.USER))
+            await self.queue.finish(task, Outcome(State.KILLED, kill_reason=KillReason.USER))
         else:
             await self.supervisor.stop(task, KillReason.USER)
 
     async def adjust(self, name: str, changes: Mapping[str, Any]) -> None:
-        """New estimates for a queued or running task; a running unit's caps change live."""
+        """New estimates for a queued or running task (every live member of a sweep); a running unit's caps
+        change live."""
+        members = self.workflows.live_members(name)
+        for member in members:
+            await self.adjust(member.name, changes)
+        if members:
+            return
         task = self.ledger.live(name)
         fixed = sorted(set(changes) - set(ADJUSTABLE_FIELDS))
         if fixed:
             raise InvalidArgument(f"Adjust changes only {', '.join(ADJUSTABLE_FIELDS)}; not {', '.join(fixed)}")
         host = self.executor.host
         spec = spec_from_wire({**spec_to_wire(task.spec), **changes, "name": name}, host)
-        if not set(changes) & set(history.ESTIMATE_KEYS):  # else the estimates are the caller's own now
+        spec = replace(spec, workflow=replace(task.spec.workflow, learn=tuple(
+            key for key in task.spec.workflow.learn if key not in changes)))  # the caller's own now
+        if not set(changes) & set(history.ESTIMATE_KEYS):
             spec = replace(spec, estimates_from=task.spec.estimates_from)
         caps = derive_caps(spec, host)
         if task.state == State.RUNNING:
@@ -130,7 +137,7 @@ class Scheduler:
         task = self.ledger.save(task.with_(spec=spec, caps=caps))
         if task.state == State.RUNNING and self.supervisor.watching(task.id):
             self.supervisor.arm(task)
-        await self.drain()
+        await self.queue.drain()
 
     # --- verbs that only tell -----------------------------------------------------------------------
 
@@ -138,7 +145,10 @@ class Scheduler:
         return __version__
 
     def status(self, name: str) -> dict[str, Any]:
-        """Everything known about a name's latest run, its usage over time included."""
+        """Everything known about a name's latest run, its usage over time included; a sweep's roll-up."""
+        members = self.workflows.sweep(name)
+        if members:
+            return self.workflows.summary(name, members, time.time())
         ((task, now_known),) = self.describe([self.ledger.latest(name)])
         return report.status(task, time.time()) | now_known | {"timeline": self.supervisor.timeline(task).as_dict()}
 
@@ -159,7 +169,8 @@ class Scheduler:
         The queue, reservations and free memory are read once for all of them: a List of a long queue
         must not hold up the loop.
         """
-        position = {task.name: i for i, task in enumerate(self.ledger.queue())}
+        plan = self.queue.plan()
+        position = {task.name: i for i, task in enumerate(plan.ready)}
         available = room(*self.admission.room_now())
         room_now = available.as_dict()
         described = []
@@ -172,14 +183,16 @@ class Scheduler:
                 e = task.spec.estimates
                 requested = requested_room(self.executor.host, e.mem_bytes, e.cpu_cores)
                 now_known = {"queue_position": ahead + 1,
-                             "waiting_for": self.executor.waiting_for(task) or shortfall(requested, available, ahead)
-                             or "its turn",
+                             "waiting_for": plan.waiting.get(task.id) or self.executor.waiting_for(task)
+                             or shortfall(requested, available, ahead) or "its turn",
                              "available": room_now}
             described.append((task, now_known))
         return described
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        return self.ledger.store.events(self.ledger.latest(name))
+        """The events of a name's latest run and its earlier attempts; of every member, for a sweep."""
+        runs = self.workflows.sweep(name) or [self.ledger.latest(name)]
+        return [event for run in runs for event in self.ledger.store.events(run)]
 
     @property
     def warnings(self) -> list[str]:
@@ -208,78 +221,6 @@ class Scheduler:
         """Refuse a request that needs where tasks run while it cannot be reached (it is asked again each tick)."""
         if self.executor.trouble:
             raise ExecutorUnavailable(f"{self.executor.trouble}; {so} (try again once it answers)")
-
-    # --- the queue ------------------------------------------------------------------------------------
-
-    async def drain(self) -> None:
-        """Hand queued tasks to the executor in submission order while the first of them fits (none
-        overtakes another); an executor with its own queue (Slurm) takes every one, after the decision."""
-        handed: list[Task] = []
-        async with self._deciding:
-            failpoints.check("drain", once=True)
-            for task in self.ledger.queue():
-                if not task.in_babysits_queue or task.id in self.handover.pending:  # the executor has it, or soon will
-                    continue
-                e = task.spec.estimates
-                if self.executor.trouble or not self.admission.hands_over(
-                        self.admission.decide(e.mem_bytes, e.cpu_cores, [])):
-                    break
-                if self.executor.queues:
-                    handed.append(task)
-                else:
-                    await self.spawn(task)
-        self.handover.give(handed)
-        self.ledger.capacity_changed()
-
-    def request_drain(self) -> None:
-        """Drain soon; the requests of a burst of task ends become one drain."""
-        if not self._drain_requested:
-            self._drain_requested = True
-            self.background.run(self._drain_as_requested(), "draining the queue")
-
-    async def _drain_as_requested(self) -> None:
-        self._drain_requested = False  # a request made while this drain runs gets a drain of its own
-        await self.drain()
-
-    async def recheck_forever(self) -> None:
-        """Memory freed outside babysit sends no signal: look at the queue now and then as well."""
-        while True:
-            await asyncio.sleep(self.config.recheck_s)
-            if self.ledger.queue():
-                with carry_on("draining the queue"):
-                    await self.drain()
-
-    # --- a task's way in and out ----------------------------------------------------------------------
-
-    async def spawn(self, task: Task) -> None:
-        """Hand a queued task to its executor, which starts it now or queues it itself."""
-        self.supervisor.watch(task.id)  # before the start: a run can end before start() returns
-        try:
-            started = await self.executor.start(task)
-        except StartRefused as e:
-            self.supervisor.unwatch(task.id)
-            await self.finish(task, Outcome(State.FAILED, detail=str(e)))
-            return
-        except StartDeferred as e:
-            self.supervisor.unwatch(task.id)
-            log.warning("%s stays queued: %s", task.name, e)
-            return
-        if not self.supervisor.watching(task.id):  # already over
-            return
-        if self.ledger.by_id(task.id) is None:  # killed while its executor took it: what started must not stay
-            self.supervisor.unwatch(task.id)
-            log.info("stopping %s: it was killed while it was being started", task.name)
-            await self.executor.stop(started)
-            return
-        task = started
-        task = self.ledger.save(task)
-        if task.state == State.RUNNING:
-            self.supervisor.arm(task)
-
-    async def finish(self, task: Task, outcome: Outcome, timeline: Timeline | None = None) -> None:
-        """A run is over: record its end, then look at the queue, since its room is free now."""
-        await self.endings.record(task, outcome, timeline)
-        self.request_drain()
 
 
 def check_cwd(cwd: str) -> None:

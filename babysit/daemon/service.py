@@ -256,6 +256,9 @@ class BusService:
 
     def task_changed(self, task: Task) -> None:
         self.interface.records.changed(task)
+        unsent = self.changed.get(task.name)
+        if unsent and unsent.id != task.id:  # a run's end goes out before the next run of its name (a retry)
+            self.flush()
         if task.name not in self.objects:  # exported at once: a waiter's Status finds it, its changes signal
             self.objects[task.name] = TaskInterface(task)
             self.bus.export(task_path(task.name), self.objects[task.name])

@@ -16,6 +16,7 @@ from babysit.core.history import PastRun, past_run
 from babysit.core.protocol import KillReason, NameInUse, State
 from babysit.core.task import Buffering, Caps, Estimates, Job, Outcome, Spread, Task, TaskSpec, Usage
 from babysit.core.timeline import Timeline
+from babysit.core.workflow import workflow_from_json
 
 LIVE = (State.QUEUED.value, State.RUNNING.value)
 SCHEMA = f"""
@@ -40,6 +41,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS live_name ON tasks(name) WHERE state IN {LIVE}
 CREATE INDEX IF NOT EXISTS by_name ON tasks(name, id);
 CREATE INDEX IF NOT EXISTS completed_by_command
     ON tasks(json_extract(spec, '$.command'), json_extract(spec, '$.cwd'), id) WHERE state = 'completed';
+-- a sweep's members are found by its name (babysit.core.workflow)
+CREATE INDEX IF NOT EXISTS sweeps ON tasks(json_extract(spec, '$.workflow.group'), id);
 -- a retried Run finds the run its first attempt created
 CREATE INDEX IF NOT EXISTS request ON tasks(json_extract(spec, '$.request_id'));
 CREATE TABLE IF NOT EXISTS transitions (
@@ -72,7 +75,8 @@ def _task(row: sqlite3.Row) -> Task:
     return Task(
         id=row["id"],
         spec=TaskSpec(**{**spec, "estimates": Estimates(**spec["estimates"]),
-                         "buffering": Buffering(spec.get("buffering", Buffering.LINE))}),
+                         "buffering": Buffering(spec.get("buffering", Buffering.LINE)),
+                         "workflow": workflow_from_json(spec.get("workflow"))}),
         caps=Caps(**json.loads(row["caps"])),
         state=State(row["state"]),
         submitted_at=row["submitted_at"],
@@ -243,20 +247,27 @@ class Store:
 
     def add(self, spec: TaskSpec, caps: Caps, at: float) -> Task:
         """A new queued run; NameInUse while another run of the name is not over."""
+        return self.add_all([spec], [caps], at)[0]
+
+    def add_all(self, specs: list[TaskSpec], caps: list[Caps], at: float) -> list[Task]:
+        """New queued runs in one transaction (a sweep's members): all of them, or none (NameInUse)."""
+        ids = []
         try:
             with self.db:
                 self.db.execute("BEGIN")
-                cursor = self.db.execute(
-                    "INSERT INTO tasks (name, state, submitted_at, spec, caps, usage) VALUES (?, ?, ?, ?, ?, ?)",
-                    (spec.name, State.QUEUED.value, at, json.dumps(asdict(spec)), json.dumps(asdict(caps)),
-                     json.dumps(asdict(Usage()))),
-                )
-                task_id = rowid(cursor)
-                self.db.execute("INSERT INTO transitions (task_id, at, state) VALUES (?, ?, ?)",
-                                (task_id, at, State.QUEUED.value))
+                for spec, cap in zip(specs, caps, strict=True):
+                    cursor = self.db.execute(
+                        "INSERT INTO tasks (name, state, submitted_at, spec, caps, usage) VALUES (?, ?, ?, ?, ?, ?)",
+                        (spec.name, State.QUEUED.value, at, json.dumps(asdict(spec)), json.dumps(asdict(cap)),
+                         json.dumps(asdict(Usage()))))
+                    ids.append(rowid(cursor))
+                self.db.executemany("INSERT INTO transitions (task_id, at, state) VALUES (?, ?, ?)",
+                                    [(task_id, at, State.QUEUED.value) for task_id in ids])
         except sqlite3.IntegrityError:
-            raise NameInUse.of(spec.name) from None
-        return self.get(task_id)
+            live = (s.name for s in specs
+                    if self.db.execute(f"SELECT 1 FROM tasks WHERE name = ? AND state IN {LIVE}", (s.name,)).fetchone())
+            raise NameInUse.of(next(live, specs[0].name)) from None
+        return [self.get(task_id) for task_id in ids]
 
     def add_running(self, spec: TaskSpec, caps: Caps, run_id: int | None, started_at: float) -> Task:
         """A run found running without a record (the records were lost), under its own id where it is free."""
@@ -312,10 +323,33 @@ class Store:
     def get(self, task_id: int) -> Task:
         return _task(self.db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone())
 
+    def find(self, task_id: int) -> Task | None:
+        row = self.db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return _task(row) if row else None
+
     def latest(self, name: str) -> Task | None:
         """The newest run of a name."""
         row = self.db.execute("SELECT * FROM tasks WHERE name = ? ORDER BY id DESC LIMIT 1", (name,)).fetchone()
         return _task(row) if row else None
+
+    def after(self, run_id: int, name: str) -> Task | None:
+        """The next run of a name after `run_id` (the next attempt of a run that was retried)."""
+        row = self.db.execute("SELECT * FROM tasks WHERE name = ? AND id > ? ORDER BY id LIMIT 1",
+                              (name, run_id)).fetchone()
+        return _task(row) if row else None
+
+    def sweep(self, group: str) -> list[Task]:
+        """The newest sweep of that name: each member's latest run, by index."""
+        row = self.db.execute("SELECT json_extract(spec, '$.workflow.sweep') AS sweep FROM tasks "
+                              "WHERE json_extract(spec, '$.workflow.group') = ? ORDER BY id DESC LIMIT 1",
+                              (group,)).fetchone()
+        if row is None:
+            return []
+        latest: dict[str, Task] = {}
+        for r in self.db.execute("SELECT * FROM tasks WHERE json_extract(spec, '$.workflow.group') = ? AND "
+                                 "json_extract(spec, '$.workflow.sweep') = ? ORDER BY id", (group, row["sweep"])):
+            latest[r["name"]] = _task(r)
+        return sorted(latest.values(), key=lambda t: t.spec.workflow.index or 0)
 
     def by_request(self, request_id: str) -> Task | None:
         """The run a client's submission created, if it did."""
@@ -378,7 +412,10 @@ class Store:
                         (task.id, at, kind, json.dumps(data)))
 
     def events(self, task: Task) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT kind, at, data FROM events WHERE task_id = ? ORDER BY rowid", (task.id,))
+        """A run's events, and its earlier attempts' (a retry's first attempt to the run itself)."""
+        first = task.spec.workflow.first_run or task.id
+        rows = self.db.execute("SELECT kind, at, data FROM events WHERE task_id BETWEEN ? AND ? AND task_id IN "
+                               "(SELECT id FROM tasks WHERE name = ?) ORDER BY rowid", (first, task.id, task.name))
         return [{"event": kind, **json.loads(data)} for kind, _at, data in rows]
 
     def transitions(self, task: Task) -> list[tuple[float, str, str]]:

@@ -370,3 +370,9 @@ def test_the_plugin_and_its_hook_are_declared_as_claude_code_reads_them() -> Non
     assert entry["matcher"] == "Bash|Monitor"
     assert entry["hooks"] == [{"type": "command", "command": '"${CLAUDE_PLUGIN_ROOT}/hooks/no-sleep-babysit.sh"',
                                "timeout": 5}]
+
+
+def test_the_agent_is_shown_how_to_chain_retry_and_sweep_instead_of_keeping_a_shell_busy() -> None:
+    text = section("Chains, retries and sweeps")
+    assert_says(text, "--after=prep", "--after=train", "babysit wait --name=eval", "`dependency`", "--retries=1",
+                '{"event": "retry"', "--array=1-20%4", "$BABYSIT_ARRAY_INDEX", "--any")

@@ -51,3 +51,11 @@ def test_bars_show_the_estimate_within_the_cap() -> None:
     assert str(bar(1.0, 2.0, 6.0, 12)) == "██░░┃░░░░░░░"  # a third of the estimate, the estimate a third of the cap
     assert str(bar(4.0, 2.0, 6.0, 12)) == "████████░░░░"  # twice the estimate: the marker is under the bar
     assert bar(4.0, 2.0, 6.0, 12).style == "red" and bar(1.0, 2.0, 6.0, 12).style == "green"
+
+
+def test_a_chain_step_says_what_it_waits_for_and_a_retried_task_its_attempt() -> None:
+    lines = screen([{**RUNNING, "attempt": 2, "attempts": 3},
+                    {**QUEUED, "name": "evaluate", "waiting_for": "train-4 to complete (running now)"}])
+    assert any("train-4 2/3" in line for line in lines), lines
+    evaluate = next(line for line in lines if "evaluate" in line)
+    assert evaluate.strip().startswith("#1 evaluate  waiting: train-4 to complete (running now)"), evaluate

@@ -272,7 +272,8 @@ def batch_script(command: str, functions: Mapping[str, str] | None = None) -> st
 
 
 def sbatch_args(*, name: str, cwd: str, mem_bytes: int, cpus: int, time_limit_s: float | None, output: str,
-                partition: str | None, account: str | None, comment: str | None = None) -> list[str]:
+                partition: str | None, account: str | None, comment: str | None = None,
+                dependency: str | None = None) -> list[str]:
     """sbatch's options for one task; the script comes on stdin."""
     for text in (name, comment or ""):
         if any(c in text for c in ("\n", "\r", SEP)):
@@ -292,6 +293,8 @@ def sbatch_args(*, name: str, cwd: str, mem_bytes: int, cpus: int, time_limit_s:
         args.append(f"--account={account}")
     if comment:
         args.append(f"--comment={comment}")
+    if dependency:
+        args.append(f"--dependency={dependency}")
     return args
 
 
@@ -343,10 +346,12 @@ class Slurm:
 
     async def submit(self, *, name: str, command: str, cwd: str, env: Mapping[str, str], mem_bytes: int,
                      cpus: int, time_limit_s: float | None, output: str, partition: str | None = None,
-                     account: str | None = None, comment: str | None = None) -> int:
-        """Submit `command` (run by `bash -c` in `cwd`, stdout and stderr to `output`) as a batch job; its id."""
+                     account: str | None = None, comment: str | None = None, dependency: str | None = None) -> int:
+        """Submit `command` (run by `bash -c` in `cwd`, stdout and stderr to `output`) as a batch job; its id.
+        `dependency` is sbatch's (afterok:12:13,afterany:14): Slurm holds the job until it is met."""
         args = sbatch_args(name=name, cwd=cwd, mem_bytes=mem_bytes, cpus=cpus, time_limit_s=time_limit_s,
-                           output=output, partition=partition, account=account, comment=comment)
+                           output=output, partition=partition, account=account, comment=comment,
+                           dependency=dependency)
         argv = ["sbatch", *args]
         variables, functions = split_env(env)
         out = await self._run(argv, env=job_environment(variables, self.env), stdin=batch_script(command, functions))

@@ -23,6 +23,7 @@ from babysit.common.config import Config
 from babysit.core.capacity import Reservation
 from babysit.core.protocol import State, unit_name
 from babysit.core.task import Caps, Host, Job, Outcome, Task
+from babysit.core.workflow import Condition
 from babysit.executors import output_file
 from babysit.executors.base import Capacity, Orphan, Reading, RunEvents, StartDeferred, StartRefused
 from babysit.executors.slurm import commands as slurm
@@ -61,6 +62,17 @@ def job_caps(caps: Caps, cpus: int) -> Caps:
     """The caps as Slurm enforces them: --mem in whole MiB, whole CPUs, --time in whole minutes."""
     return replace(caps, memory_max_bytes=math.ceil(caps.memory_max_bytes / slurm.MiB) * slurm.MiB,
                    cpu_quota_pct=100.0 * cpus, runtime_max_s=60.0 * max(1, math.ceil(caps.runtime_max_s / 60)))
+
+
+def dependency(task: Task, jobs: dict[int, Tracked]) -> str | None:
+    """sbatch's --dependency for the task's dependencies that are jobs still (those that ended met theirs):
+    Slurm holds the job back itself, as it would any job submitted with it."""
+    kinds = {Condition.COMPLETED: "afterok", Condition.ANY: "afterany"}
+    held: dict[str, list[str]] = {}
+    for after in task.spec.workflow.after:
+        if after.run_id in jobs:
+            held.setdefault(kinds[after.condition], []).append(str(jobs[after.run_id].job_id))
+    return ",".join(f"{kind}:{':'.join(ids)}" for kind, ids in held.items()) or None
 
 
 class SlurmExecutor:
@@ -141,7 +153,8 @@ class SlurmExecutor:
                 name=job_name(task.name), command=task.spec.command, cwd=str(Path(task.spec.cwd).expanduser()),
                 env=task.spec.env, mem_bytes=caps.memory_max_bytes, cpus=cpus, time_limit_s=caps.runtime_max_s,
                 output=str(output), partition=self.config.slurm_partition or None,
-                account=self.config.slurm_account or None, comment=run_comment(task.id, self.origin))
+                account=self.config.slurm_account or None, comment=run_comment(task.id, self.origin),
+                dependency=dependency(task, self.jobs))
         except SlurmError as e:
             if not e.unreachable:
                 raise StartRefused(f"sbatch refused it: {e}") from None
