@@ -19,6 +19,9 @@ from babysit.common.bus import unwrap
 from babysit.core.protocol import BUS_NAME, SCHEDULER_INTERFACE, TASKS_PATH, State, complete, task_path
 
 Report = dict[str, Any]
+PROPERTIES = f"type='signal',sender='{BUS_NAME}',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged'"
+RISKS = f"type='signal',sender='{BUS_NAME}',interface='{SCHEDULER_INTERFACE}',member='RunawayRisk'"
+OWNER = f"type='signal',sender='{DBUS}',member='NameOwnerChanged',arg0='{BUS_NAME}'"
 
 
 @dataclass
@@ -54,16 +57,15 @@ class Waiter:
         self.seen: set[tuple[Any, ...]] = set()
         self.by_path: dict[str, tuple[Target, str]] = {}  # a member's object path -> its target and name
         self.watched: set[str] = set()  # the members' names
+        self.rules: set[str] = set()
 
     async def wait(self, names: list[str], any_: bool = False) -> list[Report]:
         """The results of every name (a sweep's summary) once all have ended; with `any_`, of those that ended
         when the first did."""
-        found = [await self.client.status(name) for name in names]  # which names are sweeps, for the rules
-        targets = [Target(name, [], "results" in report) for name, report in zip(names, found, strict=True)]
         self.client.bus.add_message_handler(self.handle)
-        await self.listen(targets)
-        for target in targets:
-            await self.snapshot(target)
+        await self.listen([f"{PROPERTIES},path='{task_path(name)}'" for name in names]
+                          + [f"{RISKS},arg0='{name}'" for name in names] + [OWNER])
+        targets = [await self.snapshot(name) for name in names]
         while not (any(t.done for t in targets) if any_ else all(t.done for t in targets)):
             kind, where, value = await self.queue.get()
             if kind == "state":
@@ -85,37 +87,34 @@ class Waiter:
         elif message.member == "NameOwnerChanged" and message.body[0] == BUS_NAME:
             self.queue.put_nowait(("owner", None, message.body[2]))
 
-    async def listen(self, targets: list[Target]) -> None:
-        """Match rules: a task's own path and events; every task object's, for a sweep (its members may be many)."""
-        properties = (f"type='signal',sender='{BUS_NAME}',interface='org.freedesktop.DBus.Properties',"
-                      "member='PropertiesChanged'")
-        risks = f"type='signal',sender='{BUS_NAME}',interface='{SCHEDULER_INTERFACE}',member='RunawayRisk'"
-        if any(t.sweep for t in targets):
-            rules = [f"{properties},path_namespace='{TASKS_PATH}'", risks]
-        else:
-            rules = [rule for t in targets for rule in (f"{properties},path='{task_path(t.name)}'",
-                                                         f"{risks},arg0='{t.name}'")]
-        for rule in [*dict.fromkeys(rules), f"type='signal',sender='{DBUS}',member='NameOwnerChanged',arg0='{BUS_NAME}'"]:
-            await self.client.add_match(rule)
+    async def listen(self, rules: list[str]) -> None:
+        for rule in rules:
+            if rule not in self.rules:
+                self.rules.add(rule)
+                await self.client.add_match(rule)
 
-    async def snapshot(self, target: Target) -> None:
-        """The target's members as they are now, and the events they had."""
-        report = await self.client.status(target.name)
-        if target.sweep:
-            members = [complete(m) for m in report.get("results", [])]
-        else:
-            members = [report]
-            if self.on_attached:
-                self.on_attached(report)
+    async def snapshot(self, name: str) -> Target:
+        """What a name is now (a task, or a sweep and its members), and the events its runs had. The match rules
+        went in first; a sweep's members may be many, so for a sweep every task object's are matched (and the
+        sweep is read again after)."""
+        report = await self.client.status(name)
+        if "results" in report:
+            await self.listen([f"{PROPERTIES},path_namespace='{TASKS_PATH}'", RISKS])
+            report = await self.client.status(name)
+        target = Target(name, [], "results" in report)
+        members = [complete(m) for m in report["results"]] if target.sweep else [report]
+        if self.on_attached and not target.sweep:
+            self.on_attached(report)
         target.members = [m["name"] for m in members]
         self.watched.update(target.members)
         for member in members:
             self.by_path[task_path(member["name"])] = (target, member["name"])
             if final(member):
                 target.results[member["name"]] = member
-        for event in (await self.client.call("Events", "s", [target.name]))[0]:
+        for event in (await self.client.call("Events", "s", [name]))[0]:
             if event.get("event") == "runaway_risk":
                 self.emit(event)
+        return target
 
     async def refresh(self, target: Target) -> None:
         for member in target.members:

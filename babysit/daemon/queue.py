@@ -45,11 +45,11 @@ class Queue:
         overtakes another); an executor with its own queue (Slurm) takes every one, after the decision.
         A task waiting for others, or for its sweep's limit, makes way; one whose dependency failed ends."""
         async with self.deciding:
+            failpoints.check("drain", once=True)
             await self.drain_now()
 
     async def drain_now(self) -> None:
         """drain(), under the admission lock."""
-        failpoints.check("drain", once=True)
         handed: list[Task] = []
         plan = self.plan()
         for task, outcome in plan.broken:

@@ -21,7 +21,16 @@ from babysit.core.history import ESTIMATE_KEYS
 from babysit.core.protocol import BabysitError, InvalidArgument, KillReason, NameInUse, NoSuchTask, NotRunning, State
 from babysit.core.quantities import format_duration, parse_duration
 from babysit.core.task import Outcome, Task, TaskSpec, derive_caps, spec_from_wire, spec_to_wire, sweep_members
-from babysit.core.workflow import Condition, Dependency, Verdict, next_attempt, parse_array, retried, sweep_summary, verdict
+from babysit.core.workflow import (
+    Condition,
+    Dependency,
+    Verdict,
+    next_attempt,
+    parse_array,
+    retried,
+    sweep_summary,
+    verdict,
+)
 from babysit.daemon.learning import Learning
 from babysit.daemon.ledger import Ledger
 from babysit.executors.base import Executor
@@ -167,7 +176,8 @@ class Workflows:
         changes: dict[str, Any] = suggested(task.with_(state=outcome.state, outcome=outcome))
         wire = {**spec_to_wire(task.spec), **changes}
         if "estimated_time" in changes:  # the kill_timeout must leave the longer estimate room
-            wire["kill_timeout"] = max(task.spec.estimates.kill_timeout_s, 2 * parse_duration(changes["estimated_time"]))
+            longer = 2 * parse_duration(changes["estimated_time"])
+            wire["kill_timeout"] = max(task.spec.estimates.kill_timeout_s, longer)
         try:
             spec = replace(spec_from_wire(wire, self.executor.host), workflow=next_attempt(w, task.id),
                            estimates_from="" if changes else task.spec.estimates_from)

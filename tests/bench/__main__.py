@@ -30,6 +30,7 @@ from dbus_fast.annotations import DBusSignature
 from dbus_fast.service import ServiceInterface, dbus_method
 
 from babysit.cli.client import Client
+from babysit.cli.waiting import Waiter
 from babysit.common.config import Config
 from babysit.common import bus as session_bus
 from babysit.core.protocol import BUS_NAME, SCHEDULER_INTERFACE, SCHEDULER_PATH, State, unit_name
@@ -354,7 +355,7 @@ async def scale(client: Client, queued: int, history: int, n: int) -> list[Row]:
     learner = f"learn-{uuid.uuid4().hex[:6]}"  # ten completed runs, for Run to learn its estimates from
     for _ in range(10):
         await client.call("Run", "a{sv}b", [spec(learner, "true"), True])
-        await client.wait(learner)
+        await Waiter(client).wait([learner])
     holder = f"holder-{uuid.uuid4().hex[:6]}"
     cores = str(os.cpu_count())
     await client.call("Run", "a{sv}b", [run_spec(holder, "sleep 100000", **{**BENCH, "estimated_cpu_cores": cores,

@@ -20,6 +20,7 @@ from typing import IO, Any
 import pytest
 
 from babysit.cli.client import Client
+from babysit.cli.waiting import Waiter
 from tests.integration.conftest import BIN, babysit_units, daemon_pid, run_spec, systemctl_show, until
 from tests.waiting import wait_event
 
@@ -79,7 +80,8 @@ async def pinger(stop: asyncio.Event, latencies: list[float]) -> None:
 async def waiter(name: str, attached: Callable[[], None]) -> dict[str, Any]:
     client = await Client.connect()
     try:
-        return await client.wait(name, on_attached=lambda _status: attached())
+        (result,) = await Waiter(client, on_attached=lambda _status: attached()).wait([name])
+        return result
     finally:
         client.close()
 
