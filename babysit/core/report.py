@@ -48,7 +48,7 @@ def result(task: Task, now: float) -> dict[str, Any]:
         "cpu_quota_pct": caps.cpu_quota_pct,
         "runtime_max_s": caps.runtime_max_s,
         # a Slurm job's output is a file (shlex.join quotes it for a shell)
-        "unit": f"slurm job {task.job.job_id}" if task.job else unit_name(task.name),
+        "unit": f"slurm job {task.job.key}" if task.job else unit_name(task.name),
         "log_cmd": shlex.join(["cat", output]) if (output := output_file(task)) else log_command(task.name),
     }
     if outcome and outcome.detail:

@@ -319,8 +319,14 @@ class Spread:
 class Job:
     """The Slurm job that runs a task (a systemd unit needs no record: its name follows from the task's)."""
 
-    job_id: int
+    job_id: int  # the id sbatch gave: the job's, or its array's (a sweep is one array job)
     output: str  # the file its output goes to
+    index: int | None = None  # of an array's task: its index
+
+    @property
+    def key(self) -> str:
+        """`12`, or `12_3` for task 3 of array job 12: what Slurm's commands take."""
+        return f"{self.job_id}_{self.index}" if self.index is not None else str(self.job_id)
 
 
 @dataclass(frozen=True)

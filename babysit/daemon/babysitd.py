@@ -87,6 +87,15 @@ class Babysitd:
     def running(self) -> list[Task]:
         return self.ledger.running()
 
+    def named(self, name: str) -> Task | None:
+        return self.ledger.tasks.get(name)
+
+    def members(self, task: Task) -> list[Task]:
+        w = task.spec.workflow
+        found = [t for t in self.ledger.queue() if t.in_babysits_queue and t.spec.workflow.attempt == 1
+                 and (t.spec.workflow.group, t.spec.workflow.sweep) == (w.group, w.sweep)]
+        return sorted(found, key=lambda t: t.spec.workflow.index or 0)
+
     def started(self, task_id: int, at: float) -> None:
         """A run left the executor's own queue."""
         task = self.ledger.by_id(task_id)

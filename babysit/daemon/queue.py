@@ -60,7 +60,8 @@ class Queue:
         for task in plan.ready:
             if task.id in self.handover.pending:  # the executor's soon
                 continue
-            task = self.workflows.relearn(task)
+            if not self.executor.queues:  # (a sweep goes to Slurm as one array job, its estimates the first's)
+                task = self.workflows.relearn(task)
             e = task.spec.estimates
             if self.executor.trouble or not self.admission.hands_over(
                     self.admission.decide(e.mem_bytes, e.cpu_cores, [])):

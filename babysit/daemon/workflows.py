@@ -109,7 +109,7 @@ class Workflows:
                     plan.waiting[task.id] = ", ".join(waits)
                 if not task.in_babysits_queue or (waits and not held):
                     continue
-                if limit and plan.active[sweep] >= limit:
+                if limit and plan.active[sweep] >= limit and not self.executor.queues:  # (Slurm's array: %N)
                     plan.waiting[task.id] = f"its sweep: at most {limit} members at once"
                 else:
                     plan.active[sweep] += 1

@@ -63,6 +63,13 @@ class RunEvents(Protocol):
     def running(self) -> list[Task]:
         """The runs babysit's records say are running (to check against what the executor knows)."""
 
+    def named(self, name: str) -> Task | None:
+        """The live run of a task name."""
+
+    def members(self, task: Task) -> list[Task]:
+        """The members of a sweep member's sweep still in babysit's queue, first attempts, by index (an executor
+        that runs a sweep as one job submits them together)."""
+
     def started(self, task_id: int, at: float) -> None:
         """A run that waited in the executor's own queue has started."""
 

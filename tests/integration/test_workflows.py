@@ -96,6 +96,9 @@ def test_a_sweep_of_8_runs_each_index_once_never_more_than_2_at_once(executor: s
     code, (summary,), _ = wait(task_name)
     assert (code, summary["status"], summary["counts"], summary["members"]) == (0, "completed", {"completed": 8}, 8)
     assert [(r["name"], r["array_index"]) for r in summary["results"]] == [(f"{task_name}-{i}", i) for i in range(1, 9)]
+    if executor == "slurm":  # one array job, `sbatch --array=1-8%2`: Slurm itself holds the members back
+        jobs = [r["unit"].removeprefix("slurm job ").partition("_") for r in summary["results"]]
+        assert len({job for job, _, _ in jobs}) == 1 and [int(i) for _, _, i in jobs] == list(range(1, 9)), jobs
     spans = [(float((tmp_path / f"{i}.start").read_text()), float((tmp_path / f"{i}.end").read_text()))
              for i in range(1, 9)]
     most = max(sum(start <= at < end for start, end in spans) for at, _ in spans)

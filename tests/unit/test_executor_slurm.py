@@ -35,7 +35,7 @@ MiB = 1 << 20
 ])
 def test_each_ending_of_a_job(job_id: int, state: State, exit_code: int | None, signal: int | None,
                               kill_reason: KillReason | None, detail: str) -> None:
-    outcome = job_outcome(ENDED[job_id], None)
+    outcome = job_outcome(ENDED[str(job_id)], None)
     assert (outcome.state, outcome.exit_code, outcome.signal, outcome.kill_reason) == (state, exit_code, signal,
                                                                                        kill_reason)
     assert detail in outcome.detail
@@ -43,7 +43,7 @@ def test_each_ending_of_a_job(job_id: int, state: State, exit_code: int | None, 
 
 def test_a_stop_babysit_asked_for_wins_over_how_slurm_saw_it() -> None:
     # babysit's stop is `scancel --full --signal=TERM`: Slurm calls the job FAILED (JobLaunchFailure, 0:15)
-    outcome = job_outcome(ENDED[10], KillReason.OBSERVABILITY_STALL)
+    outcome = job_outcome(ENDED["10"], KillReason.OBSERVABILITY_STALL)
     assert (outcome.state, outcome.kill_reason, outcome.signal) == (State.KILLED, KillReason.OBSERVABILITY_STALL, 15)
 
 
@@ -61,8 +61,8 @@ def test_caps_are_what_slurm_enforces() -> None:
 
 def test_a_job_cancelled_while_pending_never_ran() -> None:
     # Slurm gives it a StartTime all the same: its end
-    assert not ran(ENDED[4], seen_running=False)
-    assert ran(ENDED[11], seen_running=True) and ran(ENDED[5], seen_running=False)  # a quick job between rounds
+    assert not ran(ENDED["4"], seen_running=False)
+    assert ran(ENDED["11"], seen_running=True) and ran(ENDED["5"], seen_running=False)  # a quick job between rounds
 
 
 def test_a_jobs_last_output_is_its_output_files_change(tmp_path: Path) -> None:

@@ -97,37 +97,37 @@ def job(job_id: int, state: str, exit_code: int | None, signal: int | None, reas
 def test_squeue_reports_each_ending() -> None:
     jobs = slurm.parse_squeue(SQUEUE_ALL)
     assert jobs == {
-        4: job(4, "CANCELLED", 0, None, "Resources", 1796236823.0, 1796236823.0, "cancel-pending"),
-        11: job(11, "CANCELLED", None, 15, "", 1796236915.0, 1796236916.0, "kill-running"),
-        1: job(1, "COMPLETED", 0, None, "", 1796236821.0, 1796236821.0, "cluster-probe"),
-        5: job(5, "COMPLETED", 0, None, "", 1796236909.0, 1796236910.0, "ok"),
-        6: job(6, "FAILED", 7, None, "NonZeroExitCode", 1796236910.0, 1796236911.0, "fail7"),
-        8: job(8, "FAILED", None, 53, "JobLaunchFailure", 1796236912.0, 1796236913.0, "launch-fail"),
-        9: job(9, "FAILED", 5, None, "NonZeroExitCode", 1796236913.0, 1796236914.0, "term-trap"),
-        10: job(10, "FAILED", None, 15, "JobLaunchFailure", 1796236914.0, 1796236915.0, "term-plain"),
-        7: job(7, "OUT_OF_MEMORY", None, 125, "OutOfMemory", 1796236911.0, 1796236912.0, "oom"),
-        2: job(2, "TIMEOUT", 3, None, "TimeLimit", 1796236822.0, 1796236908.0, "timeout-trap"),
-        3: job(3, "TIMEOUT", None, 15, "TimeLimit", 1796236822.0, 1796236908.0, "timeout-plain"),
-        12: job(12, "RUNNING", None, None, "", 1796236916.0, None, 'odd | name "q" $x',
+        "4": job(4, "CANCELLED", 0, None, "Resources", 1796236823.0, 1796236823.0, "cancel-pending"),
+        "11": job(11, "CANCELLED", None, 15, "", 1796236915.0, 1796236916.0, "kill-running"),
+        "1": job(1, "COMPLETED", 0, None, "", 1796236821.0, 1796236821.0, "cluster-probe"),
+        "5": job(5, "COMPLETED", 0, None, "", 1796236909.0, 1796236910.0, "ok"),
+        "6": job(6, "FAILED", 7, None, "NonZeroExitCode", 1796236910.0, 1796236911.0, "fail7"),
+        "8": job(8, "FAILED", None, 53, "JobLaunchFailure", 1796236912.0, 1796236913.0, "launch-fail"),
+        "9": job(9, "FAILED", 5, None, "NonZeroExitCode", 1796236913.0, 1796236914.0, "term-trap"),
+        "10": job(10, "FAILED", None, 15, "JobLaunchFailure", 1796236914.0, 1796236915.0, "term-plain"),
+        "7": job(7, "OUT_OF_MEMORY", None, 125, "OutOfMemory", 1796236911.0, 1796236912.0, "oom"),
+        "2": job(2, "TIMEOUT", 3, None, "TimeLimit", 1796236822.0, 1796236908.0, "timeout-trap"),
+        "3": job(3, "TIMEOUT", None, 15, "TimeLimit", 1796236822.0, 1796236908.0, "timeout-plain"),
+        "12": job(12, "RUNNING", None, None, "", 1796236916.0, None, 'odd | name "q" $x',
                 "babysit run #7 | with spaces"),
     }
     assert [j.job_id for j in jobs.values() if not j.ended] == [12]
 
 
 def test_squeue_over_memory_without_cgroups() -> None:
-    over = slurm.parse_squeue(SQUEUE_OVER_MEMORY_WITHOUT_CGROUPS)[2]
+    over = slurm.parse_squeue(SQUEUE_OVER_MEMORY_WITHOUT_CGROUPS)["2"]
     assert (over.state, over.signal, over.reason) == ("FAILED", 9, "JobLaunchFailure")
 
 
 def test_squeue_forecasts_are_not_times() -> None:
     live = slurm.parse_squeue(SQUEUE_LIVE)
-    assert live[4] == job(4, "PENDING", None, None, "Resources", None, None, "cancel-pending")
-    assert live[2] == job(2, "RUNNING", None, None, "", 1796236822.0, None, "timeout-trap")
-    assert slurm.parse_squeue(SQUEUE_PENDING_FORECAST)[8].start_time is None
+    assert live["4"] == job(4, "PENDING", None, None, "Resources", None, None, "cancel-pending")
+    assert live["2"] == job(2, "RUNNING", None, None, "", 1796236822.0, None, "timeout-trap")
+    assert slurm.parse_squeue(SQUEUE_PENDING_FORECAST)["8"].start_time is None
 
 
 def test_squeue_completing_has_ended_but_is_not_final() -> None:
-    completing = slurm.parse_squeue(SQUEUE_COMPLETING)[11]
+    completing = slurm.parse_squeue(SQUEUE_COMPLETING)["11"]
     assert (completing.end_time, completing.ended, completing.exit_code) == (1796236916.0, False, 0)
 
 
@@ -136,15 +136,55 @@ def test_squeue_skips_what_is_not_a_plain_job() -> None:
                               + "\n") == {}
 
 
+# `squeue -h -r -t all -j 2 -O SQUEUE_FORMAT` and sacct on an array job, as the test cluster printed them
+# (tests/slurm/cluster.py, Slurm 22.05; the times here in epoch seconds): `sbatch --array=1-5%2`, its tasks
+# 1 to 3 done, 4 running under its own job id, 5 pending under the array's
+SQUEUE_ARRAY = fields(
+    "5|COMPLETED|None|1796238322|1796238326|0|babysit sweep x|2|3|babysit-s",
+    "4|COMPLETED|None|1796238317|1796238321|0|babysit sweep x|2|2|babysit-s",
+    "3|COMPLETED|None|1796238312|1796238316|0|babysit sweep x|2|1|babysit-s",
+    "2|PENDING|Resources|N/A|N/A|0|babysit sweep x|2|5|babysit-s",
+    "6|RUNNING|None|1796238327|1796238627|0|babysit sweep x|2|4|babysit-s",
+    "1|COMPLETED|None|1796236821|1796236821|0|(null)|1|N/A|cluster-probe",
+)
+SACCT_ARRAY = fields(
+    "3|COMPLETED|0:0|None|1796238312|1796238316||2_1|babysit-s",
+    "6|RUNNING|0:0|None|1796238327|Unknown||2_4|babysit-s",
+    "2|PENDING|0:0|None|Unknown|Unknown||2_[2-5%2]|babysit-s",
+)
+
+
+def test_an_arrays_tasks_are_known_by_array_and_index() -> None:
+    jobs = slurm.parse_squeue(SQUEUE_ARRAY)
+    assert sorted(jobs, key=slurm.key_order) == ["1", "2_1", "2_2", "2_3", "2_4", "2_5"]
+    assert (jobs["2_4"].job_id, jobs["2_4"].state, jobs["2_5"].job_id, jobs["2_5"].state) == (6, "RUNNING", 2, "PENDING")
+    assert jobs["2_3"].comment == "babysit sweep x" and jobs["1"].array_index is None
+    assert slurm.parse_squeue(fields("2|PENDING|Resources|N/A|N/A|0|x|2|2-5%2|babysit-s")) == {}  # without -r
+    accounted = slurm.parse_sacct(SACCT_ARRAY)
+    assert sorted(accounted) == ["2_1", "2_4"] and accounted["2_4"].job_id == 6
+
+
+def test_an_array_jobs_script_runs_the_command_of_each_index(tmp_path: Path) -> None:
+    script = tmp_path / "batch"
+    script.write_text(slurm.array_script({1: "echo one $BABYSIT_ARRAY_INDEX", 7: "echo 'seven' \"$X\""},
+                                         {"BASH_FUNC_f%%": "() {  echo f;\n}"}))
+    for index, said in (("1", "one 1"), ("7", "seven x")):
+        ran = subprocess.run(["bash", str(script)], env={"SLURM_ARRAY_TASK_ID": index, "X": "x", "PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True)
+        assert (ran.returncode, ran.stdout.strip()) == (0, said), ran
+    none = subprocess.run(["bash", str(script)], env={"SLURM_ARRAY_TASK_ID": "3"}, capture_output=True, text=True)
+    assert none.returncode == 127 and "no command for array index 3" in none.stderr
+
+
 def test_sacct_records() -> None:
     jobs = slurm.parse_sacct(SACCT)
-    assert jobs[2] == job(2, "TIMEOUT", 0, None, "", 1796236822.0, 1796236908.0, "timeout-trap")
-    assert jobs[4] == job(4, "CANCELLED", 0, None, "", None, 1796236823.0, "cancel-pending")
-    assert jobs[6] == job(6, "FAILED", 7, None, "", 1796236910.0, 1796236911.0, "fail7")
-    assert jobs[7] == job(7, "OUT_OF_MEMORY", None, 125, "", 1796236911.0, 1796236912.0, "oom")
-    assert jobs[8].signal == 53 and jobs[10].signal == 15
-    assert jobs[12] == job(12, "CANCELLED", 0, None, "", 1796236916.0, 1796236917.0, "odd | name `q` $x")
-    assert slurm.parse_sacct(SACCT_JUST_STARTED)[12] == job(12, "PENDING", None, None, "", None, None, "allocation")
+    assert jobs["2"] == job(2, "TIMEOUT", 0, None, "", 1796236822.0, 1796236908.0, "timeout-trap")
+    assert jobs["4"] == job(4, "CANCELLED", 0, None, "", None, 1796236823.0, "cancel-pending")
+    assert jobs["6"] == job(6, "FAILED", 7, None, "", 1796236910.0, 1796236911.0, "fail7")
+    assert jobs["7"] == job(7, "OUT_OF_MEMORY", None, 125, "", 1796236911.0, 1796236912.0, "oom")
+    assert jobs["8"].signal == 53 and jobs["10"].signal == 15
+    assert jobs["12"] == job(12, "CANCELLED", 0, None, "", 1796236916.0, 1796236917.0, "odd | name `q` $x")
+    assert slurm.parse_sacct(SACCT_JUST_STARTED)["12"] == job(12, "PENDING", None, None, "", None, None, "allocation")
 
 
 def test_sstat_current_and_peak_memory() -> None:
@@ -325,10 +365,10 @@ async def test_jobs_asks_sacct_only_for_the_ids_squeue_forgot(bin_dir: Path) -> 
     remembered = "".join(line + "\n" for line in SQUEUE_ALL.split("\n") if line.split(US)[0] in ("6", "12"))
     stand_in(bin_dir, "squeue", remembered)
     stand_in(bin_dir, "sacct", SACCT)
-    jobs = await client(bin_dir).jobs([12, 6, 2, 999])
-    assert sorted(jobs) == [2, 6, 12]
-    assert (jobs[2].state, jobs[6].exit_code, jobs[12].comment) == ("TIMEOUT", 7, "babysit run #7 | with spaces")
-    assert calls(bin_dir) == [f"-h -t all -j 2,6,12,999 -O {slurm.SQUEUE_FORMAT}",
+    jobs = await client(bin_dir).jobs(["12", "6", "2", "999"])
+    assert sorted(jobs, key=slurm.key_order) == ["2", "6", "12"]
+    assert (jobs["2"].state, jobs["6"].exit_code, jobs["12"].comment) == ("TIMEOUT", 7, "babysit run #7 | with spaces")
+    assert calls(bin_dir) == [f"-h -r -t all -j 2,6,12,999 -O {slurm.SQUEUE_FORMAT}",
                               f"-X -n -P --delimiter={US} -j 2,999 -o {slurm.SACCT_FIELDS}"]
     assert "SLURM_TIME_FORMAT=%s" in (bin_dir / "squeue.env").read_text().splitlines()
 
@@ -337,7 +377,7 @@ async def test_jobs_asks_sacct_only_for_the_ids_squeue_forgot(bin_dir: Path) -> 
 async def test_jobs_unknown_everywhere_are_absent(bin_dir: Path) -> None:
     stand_in(bin_dir, "squeue", stderr="slurm_load_jobs error: Invalid job id specified\n", status=1)
     stand_in(bin_dir, "sacct", stderr="Slurm accounting storage is disabled\n", status=1)
-    assert await client(bin_dir).jobs([5]) == {}
+    assert await client(bin_dir).jobs(["5"]) == {}
     assert await client(bin_dir).jobs([]) == {}
     assert len(calls(bin_dir)) == 2  # no ids, no commands
 
@@ -347,7 +387,7 @@ async def test_an_unreachable_controller_is_an_error(bin_dir: Path) -> None:
     stand_in(bin_dir, "squeue", stderr="slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n",
              status=1)
     with pytest.raises(SlurmError) as raised:
-        await client(bin_dir).jobs([5])
+        await client(bin_dir).jobs(["5"])
     assert "Unable to contact slurm controller" in raised.value.stderr and raised.value.returncode == 1
 
 
@@ -376,9 +416,9 @@ async def test_submit_gives_the_script_on_stdin_and_the_tasks_environment(bin_di
 @pytest.mark.asyncio
 async def test_cancel(bin_dir: Path) -> None:
     stand_in(bin_dir, "scancel")
-    await client(bin_dir).cancel(42)
-    await client(bin_dir).cancel(42, "KILL")
-    await client(bin_dir).cancel(42, "SIGINT")
+    await client(bin_dir).cancel("42")
+    await client(bin_dir).cancel("42", "KILL")
+    await client(bin_dir).cancel("42", "SIGINT")
     assert calls(bin_dir) == ["--full --signal=TERM 42", "42", "--full --signal=SIGINT 42"]
 
 
@@ -387,7 +427,7 @@ async def test_cancelling_a_job_that_is_gone_is_no_error(bin_dir: Path) -> None:
     # recorded: `scancel --full --signal=TERM` on an ended or unknown job
     stand_in(bin_dir, "scancel", stderr="scancel: error: Kill job error on job id 1: Invalid job id specified\n",
              status=1)
-    await client(bin_dir).cancel(1)
+    await client(bin_dir).cancel("1")
 
 
 @pytest.mark.asyncio
@@ -420,7 +460,7 @@ async def test_by_name_is_exact_and_live(bin_dir: Path) -> None:
     assert [(j.job_id, j.state) for j in found] == [(26, "PENDING")]
     found = await client(bin_dir).by_name_prefix("o")
     assert [(j.job_id, j.name) for j in found] == [(12, 'odd | name "q" $x'), (26, "ok"), (27, "ok-2")]
-    assert calls(bin_dir) == [f"-h --me -O {slurm.SQUEUE_FORMAT}"] * 2
+    assert calls(bin_dir) == [f"-h -r --me -O {slurm.SQUEUE_FORMAT}"] * 2
 
 
 @pytest.mark.asyncio

@@ -25,10 +25,12 @@ MiB = 1 << 20
 # Fields are separated by ASCII's unit separator: names and comments may hold `|` or spaces, not this.
 SEP = "\x1f"
 # `Field:X` prints a field unpadded and untruncated, followed by X (`Field` alone pads it to 20).
+# An array's tasks (asked for one per line, -r) each have their own JobID once they start; pending ones share
+# the array's. ArrayTaskID is N/A for a job that is not an array's.
 SQUEUE_FORMAT = ",".join(f"{f}:{SEP}" for f in ("JobID", "State", "Reason", "StartTime", "EndTime", "exit_code",
-                                                  "Comment")) + ",Name:"
+                                                  "Comment", "ArrayJobID", "ArrayTaskID")) + ",Name:"
 # sacct keeps comments only with AccountingStoreFlags=job_comment: often empty.
-SACCT_FIELDS = "JobIDRaw,State,ExitCode,Reason,Start,End,Comment,JobName"
+SACCT_FIELDS = "JobIDRaw,State,ExitCode,Reason,Start,End,Comment,JobID,JobName"  # JobID: 12_3 for an array task
 # MaxRSS is the peak; TresUsageInTot's mem= is the current RSS (it drops when a job frees memory) and
 # its cpu= the CPU time, both summed over the step's tasks. --noconvert prints bytes.
 SSTAT_FIELDS = "JobID,MaxRSS,TresUsageInTot"
@@ -87,6 +89,13 @@ class Job:
     end_time: float | None  # epoch seconds; None until it ends (Slurm shows the time limit's end then)
     name: str
     comment: str = ""  # sbatch --comment; sacct has it only with AccountingStoreFlags=job_comment
+    array_job_id: int | None = None  # of an array's task: the array's job id, and its index in the array
+    array_index: int | None = None
+
+    @property
+    def key(self) -> str:
+        """What names it to squeue, sacct and scancel: `12`, or `12_3` for task 3 of array job 12."""
+        return f"{self.array_job_id}_{self.array_index}" if self.array_index is not None else str(self.job_id)
 
     @property
     def ended(self) -> bool:
@@ -154,7 +163,7 @@ def _exit_status(state: str, exit_code: int | None, signal: int | None) -> tuple
 
 
 def _job(job_id: str, state: str, reason: str, start: str, end: str, status: tuple[int | None, int | None],
-         comment: str, name: str) -> Job:
+         comment: str, name: str, array: tuple[int, int] | None = None) -> Job:
     base = state.split()[0] if state.strip() else "UNKNOWN"  # sacct says "CANCELLED by 1500"
     exit_code, signal = _exit_status(base, *status)
     return Job(
@@ -167,36 +176,53 @@ def _job(job_id: str, state: str, reason: str, start: str, end: str, status: tup
         end_time=parse_epoch(end) if base in _ENDED else None,
         name=name,
         comment="" if comment == "(null)" else comment,
+        array_job_id=array[0] if array else None,
+        array_index=array[1] if array else None,
     )
 
 
-def parse_squeue(output: str) -> dict[int, Job]:
-    """Jobs in `squeue -h -O SQUEUE_FORMAT` output (its exit_code is a wait status: code << 8 | signal)."""
-    jobs: dict[int, Job] = {}
+def parse_squeue(output: str) -> dict[str, Job]:
+    """Jobs in `squeue -h -r -O SQUEUE_FORMAT` output, by key (its exit_code is a wait status: code << 8 | signal).
+    Lines without the array columns (as squeue printed them before babysit asked for those) are plain jobs."""
+    jobs: dict[str, Job] = {}
     for line in output.split("\n"):
         fields = line.split(SEP)
-        if len(fields) != 8 or not fields[0].isdigit():
-            continue  # an array or heterogeneous job's `12_3`, `12+1`: not babysit's
-        job_id, state, reason, start, end, status, comment, name = fields
+        if len(fields) == 8:
+            fields[7:7] = [fields[0], "N/A"]
+        if len(fields) != 10 or not fields[0].isdigit():
+            continue  # a heterogeneous job's `12+1`: not babysit's
+        job_id, state, reason, start, end, status, comment, array_job, array_task, name = fields
+        if array_task != "N/A" and not (array_task.isdigit() and array_job.isdigit()):
+            continue  # an array's pending tasks on one line (`2-5%2`): babysit asks for one per line
         raw = int(status) if status.isdigit() else 0
-        job = _job(job_id, state, reason, start, end, (raw >> 8, raw & 0x7F), comment, name)
-        jobs[job.job_id] = job
+        array = (int(array_job), int(array_task)) if array_task.isdigit() else None
+        job = _job(job_id, state, reason, start, end, (raw >> 8, raw & 0x7F), comment, name, array)
+        jobs[job.key] = job
     return jobs
 
 
-def parse_sacct(output: str) -> dict[int, Job]:
-    """Jobs in `sacct -X -n -P --delimiter=SEP -o SACCT_FIELDS` output (ExitCode `code:signal`; quotes in names
-    become `)."""
-    jobs: dict[int, Job] = {}
+ARRAY_TASK = re.compile(r"(\d+)_(\d+)")
+
+
+def parse_sacct(output: str) -> dict[str, Job]:
+    """Jobs in `sacct -X -n -P --delimiter=SEP -o SACCT_FIELDS` output, by key (ExitCode `code:signal`; quotes in
+    names become `). Lines without the JobID column (recorded before babysit asked for it) are plain jobs."""
+    jobs: dict[str, Job] = {}
     for line in output.split("\n"):
         fields = line.split(SEP)
-        if len(fields) != 8 or not fields[0].isdigit():
+        if len(fields) == 8:
+            fields[7:7] = [fields[0]]
+        if len(fields) != 9 or not fields[0].isdigit():
             continue
-        job_id, state, status, reason, start, end, comment, name = fields
+        job_id, state, status, reason, start, end, comment, shown_id, name = fields
         code, _, signal = status.partition(":")
         numbers = (int(code) if code.isdigit() else None, int(signal) if signal.isdigit() else None)
-        job = _job(job_id, state, reason, start, end, numbers, comment, name)
-        jobs[job.job_id] = job  # a requeued job's last record wins
+        task = ARRAY_TASK.fullmatch(shown_id)
+        if "_" in shown_id and not task:
+            continue  # an array's tasks that never started, as one line (`2_[4-5%2]`)
+        array = (int(task[1]), int(task[2])) if task else None
+        job = _job(job_id, state, reason, start, end, numbers, comment, name, array)
+        jobs[job.key] = job  # a requeued job's last record wins
     return jobs
 
 
@@ -240,6 +266,12 @@ def parse_sinfo(output: str, partition: str | None) -> list[Node]:
     return list(nodes.values())
 
 
+def key_order(key: str) -> tuple[int, int]:
+    """Job keys in Slurm's order: `2`, `6`, `12`, `12_3`, `12_10`."""
+    job, _, task = key.partition("_")
+    return int(job), int(task) if task else -1
+
+
 def parse_job_id(output: str) -> int:
     """The id in `sbatch --parsable` output (`12`, or `12;cluster` on a federation); ValueError without one."""
     lines = output.strip().splitlines()
@@ -269,6 +301,16 @@ def batch_script(command: str, functions: Mapping[str, str] | None = None) -> st
     # Everything after the first command line is the quoted word, which sbatch does not scan for #SBATCH.
     env = "".join(f"{bash_literal(f'{k}={v}')} " for k, v in (functions or {}).items())
     return f"#!/bin/bash\nexec {'/usr/bin/env ' + env if env else ''}/bin/bash -c {bash_literal(command)}\n"
+
+
+def array_script(commands: Mapping[int, str], functions: Mapping[str, str] | None = None) -> str:
+    """The batch script of an array job: each task runs the command of its index (SLURM_ARRAY_TASK_ID), as
+    batch_script does, with its index in BABYSIT_ARRAY_INDEX."""
+    env = "".join(f"{bash_literal(f'{k}={v}')} " for k, v in (functions or {}).items())
+    run = f"exec {'/usr/bin/env ' + env if env else ''}/bin/bash -c"
+    cases = "".join(f"{index}) {run} {bash_literal(command)} ;;\n" for index, command in commands.items())
+    return (f'#!/bin/bash\nexport BABYSIT_ARRAY_INDEX="$SLURM_ARRAY_TASK_ID"\ncase "$SLURM_ARRAY_TASK_ID" in\n{cases}'
+            'esac\necho "babysit: no command for array index $SLURM_ARRAY_TASK_ID" >&2\nexit 127\n')
 
 
 def sbatch_args(*, name: str, cwd: str, mem_bytes: int, cpus: int, time_limit_s: float | None, output: str,
@@ -346,37 +388,44 @@ class Slurm:
 
     async def submit(self, *, name: str, command: str, cwd: str, env: Mapping[str, str], mem_bytes: int,
                      cpus: int, time_limit_s: float | None, output: str, partition: str | None = None,
-                     account: str | None = None, comment: str | None = None, dependency: str | None = None) -> int:
+                     account: str | None = None, comment: str | None = None, dependency: str | None = None,
+                     array: Mapping[int, str] | None = None, limit: int = 0) -> int:
         """Submit `command` (run by `bash -c` in `cwd`, stdout and stderr to `output`) as a batch job; its id.
-        `dependency` is sbatch's (afterok:12:13,afterany:14): Slurm holds the job until it is met."""
+        `dependency` is sbatch's (afterok:12:13,afterany:14): Slurm holds the job until it is met. With `array`
+        (index -> command), one array job (`--array=...%limit`) whose task of each index runs its command."""
         args = sbatch_args(name=name, cwd=cwd, mem_bytes=mem_bytes, cpus=cpus, time_limit_s=time_limit_s,
                            output=output, partition=partition, account=account, comment=comment,
                            dependency=dependency)
-        argv = ["sbatch", *args]
         variables, functions = split_env(env)
-        out = await self._run(argv, env=job_environment(variables, self.env), stdin=batch_script(command, functions))
+        script = batch_script(command, functions)
+        if array:
+            args.append(f"--array={','.join(map(str, array))}" + (f"%{limit}" if limit else ""))
+            script = array_script(array, functions)
+        argv = ["sbatch", *args]
+        out = await self._run(argv, env=job_environment(variables, self.env), stdin=script)
         try:
             return parse_job_id(out)
         except ValueError as e:
             raise SlurmError.of(argv, 0, str(e)) from None
 
-    async def jobs(self, ids: Iterable[int]) -> dict[int, Job]:
-        """The jobs among `ids` that the controller or the accounting knows; unknown ids are absent."""
-        wanted = sorted(set(ids))
+    async def jobs(self, keys: Iterable[str]) -> dict[str, Job]:
+        """The jobs among `keys` (`12`, or `12_3` for an array's task) that the controller or the accounting
+        knows; unknown ones are absent."""
+        wanted = sorted(set(keys), key=key_order)
         if not wanted:
             return {}
-        listed = ",".join(map(str, wanted))
+        listed = ",".join(wanted)
         # squeue fails when it knows none of the ids; it lists the known ones of a mixed list.
-        out = await self._run(["squeue", "-h", "-t", "all", "-j", listed, "-O", SQUEUE_FORMAT],
+        out = await self._run(["squeue", "-h", "-r", "-t", "all", "-j", listed, "-O", SQUEUE_FORMAT],
                               ok_errors=("Invalid job id specified",))
-        found = {i: j for i, j in parse_squeue(out).items() if i in wanted}
-        forgotten = [i for i in wanted if i not in found]
+        found = {k: j for k, j in parse_squeue(out).items() if k in wanted}
+        forgotten = [k for k in wanted if k not in found]
         if forgotten:
             # Without slurmdbd there is no record to ask: those jobs are unknown everywhere.
             out = await self._run(["sacct", "-X", "-n", "-P", f"--delimiter={SEP}", "-j",
-                                   ",".join(map(str, forgotten)), "-o", SACCT_FIELDS],
+                                   ",".join(forgotten), "-o", SACCT_FIELDS],
                                   ok_errors=("accounting storage is disabled",))
-            found.update({i: j for i, j in parse_sacct(out).items() if i in forgotten})
+            found.update({k: j for k, j in parse_sacct(out).items() if k in forgotten})
         return found
 
     async def usages(self, job_ids: Iterable[int]) -> dict[int, JobUsage]:
@@ -390,14 +439,15 @@ class Slurm:
                                f"--format={SSTAT_FIELDS}"])
         return parse_sstat(out)
 
-    async def cancel(self, job_id: int, signal: str = "TERM") -> None:
-        """Send `signal` to every process of the job (KILL: cancel it); a job already gone is no error."""
+    async def cancel(self, key: str, signal: str = "TERM") -> None:
+        """Send `signal` to every process of the job (`12`, or an array's task `12_3`; KILL: cancel it); a job
+        already gone is no error."""
         if signal.upper().removeprefix("SIG") == "KILL":
             # Ends the job as CANCELLED: SIGTERM to every step, SIGKILL after the cluster's KillWait.
-            argv = ["scancel", str(job_id)]
+            argv = ["scancel", key]
         else:
             # Without --full a signal other than KILL skips the batch step, i.e. the task's own processes.
-            argv = ["scancel", "--full", f"--signal={signal}", str(job_id)]
+            argv = ["scancel", "--full", f"--signal={signal}", key]
         await self._run(argv, ok_errors=_GONE)
 
     async def by_name(self, name: str, ended_too: bool = False) -> list[Job]:
@@ -408,9 +458,10 @@ class Slurm:
     async def by_name_prefix(self, prefix: str, ended_too: bool = False) -> list[Job]:
         """This user's jobs whose name starts with `prefix`, oldest first (see by_name)."""
         # Filtered here: squeue's --name takes a comma-separated list of exact names.
-        out = await self._run(["squeue", "-h", "--me", *(["-t", "all"] if ended_too else []), "-O", SQUEUE_FORMAT])
+        out = await self._run(["squeue", "-h", "-r", "--me", *(["-t", "all"] if ended_too else []), "-O",
+                               SQUEUE_FORMAT])
         found = [j for j in parse_squeue(out).values() if j.name.startswith(prefix) and (ended_too or not j.ended)]
-        return sorted(found, key=lambda j: j.job_id)
+        return sorted(found, key=lambda j: key_order(j.key))
 
     async def nodes(self, partition: str | None = None) -> list[Node]:
         """The nodes of `partition` (None: the default one) that can run jobs now."""

@@ -42,6 +42,17 @@ def run_comment(run_id: int, origin: str) -> str:
     return f"babysit run #{run_id} from {origin}"
 
 
+def sweep_comment(sweep: str, origin: str) -> str:
+    """An array job's --comment: which sweep it runs (its members' run ids are theirs alone) and from where."""
+    return f"babysit sweep {sweep} from {origin}"
+
+
+def swept_from(comment: str, origin: str) -> str | None:
+    """The sweep in an array job's --comment when this host's babysitd submitted it (sweep_comment), else None."""
+    found = re.fullmatch(r"babysit sweep (\S+) from (.*)", comment)
+    return found.group(1) if found and found.group(2) == origin else None
+
+
 def submitted_from(comment: str, origin: str) -> int | None:
     """The run id in a job's --comment when this host's babysitd submitted it (run_comment), else None."""
     found = re.fullmatch(r"babysit run #(\d+) from (.*)", comment)
@@ -71,8 +82,27 @@ def dependency(task: Task, jobs: dict[int, Tracked]) -> str | None:
     held: dict[str, list[str]] = {}
     for after in task.spec.workflow.after:
         if after.run_id in jobs:
-            held.setdefault(kinds[after.condition], []).append(str(jobs[after.run_id].job_id))
+            held.setdefault(kinds[after.condition], []).append(jobs[after.run_id].key)
     return ",".join(f"{kind}:{':'.join(ids)}" for kind, ids in held.items()) or None
+
+
+def recorded(job: slurm.Job, daemon: RunEvents, origin: str) -> bool:
+    """Whether a job is a live run's, or not this babysitd's at all (another host's, or no babysit's)."""
+    sweep = swept_from(job.comment, origin)
+    if sweep is not None and job.array_index is not None:  # a sweep member's: the task of its index
+        member = daemon.named(f"{job.name.removeprefix(job_name(''))}-{job.array_index}")
+        return member is not None and member.spec.workflow.sweep == sweep
+    run_id = submitted_from(job.comment, origin)
+    task = daemon.task(run_id) if run_id is not None else None
+    return run_id is None or bool(task and job_name(task.name) == job.name)
+
+
+def output_of(output_dir: Path, task: Task) -> Path:
+    """Where a run's job writes its output: `<name>-<run id>.out`, or as its sweep's array job names it."""
+    w = task.spec.workflow
+    if w.index is not None and w.attempt == 1:  # the array job writes `<group>-%a-<sweep>.out`
+        return output_dir / f"{w.group}-{w.index}-{w.sweep}.out"
+    return output_dir / f"{task.name}-{task.id}.out"
 
 
 class SlurmExecutor:
@@ -95,6 +125,7 @@ class SlurmExecutor:
         self.room = Capacity(self.host, 0, held=())  # until the first answer
         self.unsure: set[int] = set()  # queued runs whose sbatch may have gone through without a word back
         self.sweep_due = False  # the look for jobs no record knows waits for a controller that answers
+        self.swept: dict[int, Job] = {}  # sweep members submitted with an earlier member's array job, by run id
 
     @classmethod
     async def connect(cls, settings: Config, state_dir: Path) -> SlurmExecutor:
@@ -140,21 +171,17 @@ class SlurmExecutor:
     # --- the scheduler's requests -------------------------------------------------------------------
 
     async def start(self, task: Task) -> Task:
-        """Submit the task as a batch job; it stays queued until Slurm starts it. A submission that may have
-        reached the controller without an answer is looked for first: a run is never submitted twice."""
-        output, cpus = self.output_of(task), job_cpus(task)
-        caps = job_caps(task.caps, cpus)
+        """Submit the task as a batch job (a sweep's member: the sweep's queued members as one array job); it
+        stays queued until Slurm starts it. A submission that may have reached the controller without an
+        answer is looked for first: a run is never submitted twice."""
+        caps = job_caps(task.caps, job_cpus(task))
+        job = self.swept.pop(task.id, None)  # submitted with its sweep's array job already
         try:
-            if task.id in self.unsure and (found := await self.submitted(task)):
-                self.jobs[task.id] = Tracked(task.id, found, output)
-                log.info("%s was submitted as slurm job %d before its answer was lost", task.name, found)
-                return task.with_(caps=caps, job=Job(found, str(output)))
-            job_id = await self.slurm.submit(
-                name=job_name(task.name), command=task.spec.command, cwd=str(Path(task.spec.cwd).expanduser()),
-                env=task.spec.env, mem_bytes=caps.memory_max_bytes, cpus=cpus, time_limit_s=caps.runtime_max_s,
-                output=str(output), partition=self.config.slurm_partition or None,
-                account=self.config.slurm_account or None, comment=run_comment(task.id, self.origin),
-                dependency=dependency(task, self.jobs))
+            if job is None and task.id in self.unsure and (job := await self.submitted(task)):
+                log.info("%s was submitted as slurm job %s before its answer was lost", task.name, job.key)
+            if job is None:
+                job = await self.submit(task, caps)
+                log.info("submitted %s as slurm job %s", task.name, job.key)
         except SlurmError as e:
             if not e.unreachable:
                 raise StartRefused(f"sbatch refused it: {e}") from None
@@ -165,9 +192,27 @@ class SlurmExecutor:
             raise StartRefused(f"sbatch refused it: {e}") from None
         self.unsure.discard(task.id)
         failpoints.crash("submitted", task.name)  # a daemon that dies before it notes the job
-        self.jobs[task.id] = Tracked(task.id, job_id, output)
-        log.info("submitted %s as slurm job %d", task.name, job_id)
-        return task.with_(caps=caps, job=Job(job_id, str(output)))
+        self.jobs[task.id] = Tracked(task.id, job.job_id, Path(job.output), index=job.index)
+        return task.with_(caps=caps, job=job)
+
+    async def submit(self, task: Task, caps: Caps) -> Job:
+        """sbatch: one job, or the array job of the sweep's queued members (Slurm runs `%N` of them at once)."""
+        w = task.spec.workflow
+        members = self.rounds.daemon.members(task) if w.index is not None and w.attempt == 1 else []
+        output = output_of(self.output_dir, task)
+        job_id = await self.slurm.submit(
+            name=job_name(w.group if members else task.name), command=task.spec.command,
+            cwd=str(Path(task.spec.cwd).expanduser()), env=task.spec.env, mem_bytes=caps.memory_max_bytes,
+            cpus=job_cpus(task), time_limit_s=caps.runtime_max_s,
+            output=str(self.output_dir / f"{w.group}-%a-{w.sweep}.out") if members else str(output),
+            partition=self.config.slurm_partition or None, account=self.config.slurm_account or None,
+            comment=sweep_comment(w.sweep, self.origin) if members else run_comment(task.id, self.origin),
+            dependency=dependency(task, self.jobs),
+            array={m.spec.workflow.index: m.spec.command for m in members if m.spec.workflow.index is not None},
+            limit=w.limit)
+        for member in members:
+            self.swept[member.id] = Job(job_id, str(output_of(self.output_dir, member)), member.spec.workflow.index)
+        return self.swept.pop(task.id, None) or Job(job_id, str(output))
 
     async def stop(self, task: Task) -> None:
         """SIGTERM to the batch script and its steps, SIGKILL after the grace (see supervise)."""
@@ -175,9 +220,9 @@ class SlurmExecutor:
         if tracked is None:
             return
         if tracked.state in PENDING:  # nothing runs yet that a signal could reach
-            await self.slurm.cancel(tracked.job_id, "KILL")
+            await self.slurm.cancel(tracked.key, "KILL")
             return
-        await self.slurm.cancel(tracked.job_id, "TERM")
+        await self.slurm.cancel(tracked.key, "TERM")
         tracked.kill_at = time.monotonic() + self.config.stop_grace_s
 
     async def set_caps(self, task: Task, was: Caps) -> Caps:
@@ -214,15 +259,23 @@ class SlurmExecutor:
         if task.job is None:
             self.unsure.add(task.id)
             return task
-        self.jobs[task.id] = Tracked(task.id, task.job.job_id, Path(task.job.output))
+        self.jobs[task.id] = Tracked(task.id, task.job.job_id, Path(task.job.output), index=task.job.index)
         return task
 
-    async def submitted(self, task: Task) -> int | None:
-        """The job of this run, if an earlier submission reached the controller."""
-        found = [job for job in await self.slurm.by_name(job_name(task.name), ended_too=True)
-                 if job.comment == run_comment(task.id, self.origin)]
+    async def submitted(self, task: Task) -> Job | None:
+        """The job of this run, if an earlier submission reached the controller (a sweep member's: its task in
+        the sweep's array job)."""
+        w = task.spec.workflow
+        found: list[tuple[int, int | None]]
+        if w.index is not None and w.attempt == 1:
+            found = [(job.array_job_id or job.job_id, w.index) for job in
+                     await self.slurm.by_name(job_name(w.group), ended_too=True)
+                     if job.comment == sweep_comment(w.sweep, self.origin) and job.array_index == w.index]
+        else:
+            found = [(job.job_id, None) for job in await self.slurm.by_name(job_name(task.name), ended_too=True)
+                     if job.comment == run_comment(task.id, self.origin)]
         self.unsure.discard(task.id)
-        return found[0].job_id if found else None
+        return Job(found[0][0], str(output_of(self.output_dir, task)), found[0][1]) if found else None
 
     async def adopt(self, task: Task) -> None:
         """Track a running job again; the next round says whether it is still running."""
@@ -231,8 +284,8 @@ class SlurmExecutor:
                                            task.usage)
             return
         self.jobs[task.id] = Tracked(task.id, task.job.job_id, Path(task.job.output), state="RUNNING",
-                                     seen_running=True)
-        log.info("adopted running task %s (slurm job %d)", task.name, task.job.job_id)
+                                     seen_running=True, index=task.job.index)
+        log.info("adopted running task %s (slurm job %s)", task.name, task.job.key)
 
     async def unrecorded(self, known: set[str]) -> list[Orphan]:
         """None to record again: a job's name and comment do not hold its estimates, so it is cancelled
@@ -246,12 +299,9 @@ class SlurmExecutor:
         """This babysitd's jobs that no live record knows are cancelled: babysit never leaves a job it does
         not track."""
         for job in await self.slurm.by_name_prefix(job_name("")):
-            run_id = submitted_from(job.comment, self.origin)
-            task = self.rounds.daemon.task(run_id) if run_id is not None else None
-            if run_id is None or (task and job_name(task.name) == job.name):
-                continue
-            log.warning("cancelling slurm job %d (%s): babysit has no record of it", job.job_id, job.name)
-            await self.slurm.cancel(job.job_id, "KILL")
+            if not recorded(job, self.rounds.daemon, self.origin):
+                log.warning("cancelling slurm job %s (%s): babysit has no record of it", job.key, job.name)
+                await self.slurm.cancel(job.key, "KILL")
         self.sweep_due = False
 
     async def tidy(self, known: set[str]) -> None:
@@ -295,6 +345,3 @@ class SlurmExecutor:
             given = Reservation(f"(slurm: allocated on {best.name})", best.mem_bytes - best.free_mem_bytes,
                                 float(best.cpus - best.idle_cpus), best.mem_bytes - best.free_mem_bytes)
             self.room = Capacity(Host(best.mem_bytes, float(best.cpus)), best.free_mem_bytes, held=(given,))
-
-    def output_of(self, task: Task) -> Path:
-        return self.output_dir / f"{task.name}-{task.id}.out"

@@ -61,7 +61,7 @@ class Tracked:
     """A job babysit watches, with what the last round of questions said of it."""
 
     task_id: int
-    job_id: int
+    job_id: int  # the id sbatch gave: the job's, or its array's
     output: Path
     state: str = "PENDING"
     seen_running: bool = False
@@ -69,6 +69,12 @@ class Tracked:
     usage: JobUsage | None = None  # the last sstat figures
     missing_since: float | None = None  # monotonic; when Slurm first did not know it
     kill_at: float | None = None  # monotonic; when a SIGTERM's grace is over
+    index: int | None = None  # of an array's task: its index
+
+    @property
+    def key(self) -> str:
+        """What names the job to Slurm's commands: `12`, or `12_3` for task 3 of array job 12."""
+        return f"{self.job_id}_{self.index}" if self.index is not None else str(self.job_id)
 
 
 class Rounds(Reporting):
@@ -79,16 +85,18 @@ class Rounds(Reporting):
     async def look(self) -> None:
         """One round: the jobs' states (one squeue, and one sacct for those it forgot), the running ones' usage
         (one sstat), the SIGKILLs that are due."""
-        states = await self.slurm.jobs([t.job_id for t in self.jobs.values()]) if self.jobs else {}
-        usages = await self.slurm.usages([i for i, job in states.items() if job.state == "RUNNING"])
+        states = await self.slurm.jobs([t.key for t in self.jobs.values()]) if self.jobs else {}
+        # sstat knows a running array task by its own job id only
+        usages = await self.slurm.usages([job.job_id for job in states.values() if job.state == "RUNNING"])
         for tracked in list(self.jobs.values()):
+            job = states.get(tracked.key)
             try:
-                await self.look_at(tracked, states.get(tracked.job_id), usages.get(tracked.job_id))
+                await self.look_at(tracked, job, usages.get(job.job_id) if job else None)
             except SlurmError:
                 raise
             except Exception:  # one job's trouble must not cost the others their supervision
-                log.exception("error while following slurm job %d; the other jobs are still followed",
-                              tracked.job_id)
+                log.exception("error while following slurm job %s; the other jobs are still followed",
+                              tracked.key)
 
     async def look_at(self, tracked: Tracked, job: slurm.Job | None, usage: JobUsage | None) -> None:
         now = time.monotonic()
@@ -107,7 +115,7 @@ class Rounds(Reporting):
         tracked.state, tracked.reason = job.state, job.reason
         if tracked.kill_at is not None and now >= tracked.kill_at:
             tracked.kill_at = None
-            await self.slurm.cancel(tracked.job_id, "KILL")
+            await self.slurm.cancel(tracked.key, "KILL")
 
     async def conclude(self, tracked: Tracked, job: slurm.Job) -> None:
         """A job ended: Slurm's word on how, the usage sstat saw, to the daemon."""
@@ -135,5 +143,5 @@ class Rounds(Reporting):
         self.jobs.pop(tracked.task_id, None)
         task = self.daemon.task(tracked.task_id)
         await self.daemon.ended(tracked.task_id, Outcome(
-            State.UNKNOWN, detail=f"Slurm no longer knows job {tracked.job_id}, so how it ended is not known; "
+            State.UNKNOWN, detail=f"Slurm no longer knows job {tracked.key}, so how it ended is not known; "
                                   f"see its output, {tracked.output}"), task.usage if task else Usage())
