@@ -454,6 +454,9 @@ def log(
     On a terminal, control characters are shown as \\xNN, so output cannot drive the terminal; pipes get it as is.
     """
     report = call(lambda c: c.status(name))
+    if "results" in report:
+        raise fail(f"babysit: {name} is a sweep of {report['members']} tasks; read one member's output with "
+                   f"babysit log --name={report['results'][0]['name']}", ExitCode.USAGE)
     out = Output(sys.stdout.isatty() and not raw)
     if report.get("output_file"):
         _log_file(name, Path(report["output_file"]), tail, follow and not State(report["status"]).terminal, out)

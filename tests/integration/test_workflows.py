@@ -167,11 +167,23 @@ def test_the_verbs_act_on_a_sweep_as_one(on_systemd: None, task_name: str, gate:
     assert f"{task_name} (sweep of 3)" in listed.stdout, listed.stdout
     members = [t for t in json.loads(babysit("list", "--json").stdout) if t.get("group") == task_name]
     assert sorted(t["array_index"] for t in members) == [0, 3, 7]
+    logged = babysit("log", f"--name={task_name}")
+    assert logged.returncode == 2 and f"babysit log --name={task_name}-0" in logged.stderr, logged
     assert babysit("adjust", f"--name={task_name}", "--estimated_time=5m").returncode == 0
     assert {status(f"{task_name}-{i}")["estimated_time_s"] for i in (0, 3, 7)} == {300.0}
     assert babysit("kill", f"--name={task_name}").returncode == 0
     code, (summary,), _ = wait(task_name)
     assert (code, summary["status"], summary["counts"]) == (1, "failed", {"killed": 3}), summary
+
+
+def test_a_retry_the_caps_refuse_ends_the_retries_saying_why(on_systemd: None, task_name: str) -> None:
+    with daemon_config(QUICK + 'mem_budget_bytes = "1G"\n'):  # a cap of 20 %: 204.8 MiB, under what the hint asks
+        run(task_name, hog(250, hold_s=1), "--estimated_mem_bytes=64M", "--mem_pct_limit=20", "--retries=2")
+        code, (result,), stderr = wait(task_name)
+    assert (code, result["kill_reason"], result["attempt"], result.get("next_attempt")) == (1, "oom", 1, None), result
+    assert result["retry"].startswith("no attempt 2 of 3: exceeds_cap: estimated memory 231 MiB"), result
+    assert '"event": "retry"' not in stderr
+    assert len(json.loads(babysit("history", f"--name={task_name}", "--json").stdout)) == 1
 
 
 def test_members_learn_their_estimates_from_each_other(on_systemd: None, task_name: str) -> None:
