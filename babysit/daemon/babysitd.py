@@ -1,9 +1,10 @@
 """babysitd assembled: its parts, what it does at start, and what its executor tells it.
 
     Ledger      the live tasks; every change stored, then published
-    Scheduler   the client verbs, admission, the queue; hands tasks to the executor
+    Scheduler   the client verbs
+    Queue       admission, what starts when, the hand-over to the executor
     Supervisor  samples what runs, applies the kill policy, deadlines and host pressure
-    Learning    estimates from earlier runs          Endings   the record of a run's end
+    Learning    estimates from earlier runs          Endings   the record of a run's end (and its retry)
     Workflows   chains, retries and sweeps
 
 The executor reports each run's transitions here (executors.base.RunEvents); the D-Bus face
@@ -20,6 +21,7 @@ from babysit.core.task import Outcome, Task, Usage
 from babysit.daemon.endings import Endings
 from babysit.daemon.learning import Learning
 from babysit.daemon.ledger import Ledger
+from babysit.daemon.queue import Queue
 from babysit.daemon.scheduler import Scheduler
 from babysit.daemon.store import Store
 from babysit.daemon.supervisor import Supervisor
@@ -37,8 +39,8 @@ class Babysitd:
         learning = Learning(db, executor)
         workflows = Workflows(self.ledger, learning, executor)
         self.endings = Endings(self.ledger, executor, learning, workflows, settings)
-        self.scheduler = Scheduler(self.ledger, executor, self.supervisor, learning, workflows, self.endings, settings,
-                                   advice)
+        queue = Queue(self.ledger, executor, self.supervisor, workflows, self.endings, settings)
+        self.scheduler = Scheduler(self.ledger, executor, self.supervisor, learning, workflows, queue, settings, advice)
 
     # --- start-up -------------------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """The scheduler: one handler per client verb (run, kill, adjust, status, list, history, estimate); the queue
 (queue.Queue) decides what starts when, and hands tasks to the executor.
 
-Admission weighs tasks (admission.Admission), earlier runs fill in estimates (learning.Learning), the
-supervisor watches what runs, and a run's end is recorded by endings.Endings.
+Admission weighs tasks (admission.Admission), earlier runs fill in estimates (learning.Learning), chains,
+retries and sweeps are looked up by workflows.Workflows, and the supervisor watches what runs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from babysit.core.task import (
     spec_to_wire,
     validate_name,
 )
-from babysit.daemon.endings import Endings
 from babysit.daemon.learning import Learning
 from babysit.daemon.ledger import Ledger
 from babysit.daemon.queue import Queue
@@ -50,16 +49,15 @@ HISTORY_MAX = 1000  # `History`: at most this many runs, whatever limit is asked
 
 class Scheduler:
     def __init__(self, ledger: Ledger, executor: Executor, supervisor: Supervisor, learning: Learning,
-                 workflows: Workflows, endings: Endings, settings: Config, advice: list[str]) -> None:
+                 workflows: Workflows, queue: Queue, settings: Config, advice: list[str]) -> None:
         self.ledger = ledger
         self.executor = executor
         self.supervisor = supervisor
         self.learning = learning
         self.workflows = workflows
-        self.endings = endings
+        self.queue = queue
+        self.admission = queue.admission
         self.config = settings
-        self.queue = Queue(ledger, executor, supervisor, workflows, endings, settings)
-        self.admission = self.queue.admission
         self.advice = advice + executor.advice  # what does not hold here, with the fix: `run` goes on
 
     # --- verbs that change things -----------------------------------------------------------------
