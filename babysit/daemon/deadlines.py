@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
@@ -22,6 +23,7 @@ from babysit.daemon.watch import Watch, isolated
 from babysit.executors.base import Executor
 
 log = logging.getLogger("babysitd")
+PAST = 0.001  # the elapsed warning fires this long after the estimate, so it is past it
 Stop = Callable[[Task, KillReason], Coroutine[Any, Any, None]]  # the supervisor's stop
 
 
@@ -48,7 +50,7 @@ class Deadlines:
         watch.timeout_timer = loop.call_later(max(0.0, watch.started + e.kill_timeout_s - now), self.on_timeout,
                                               task.id)
         if "elapsed" not in watch.policy.warned:
-            watch.estimate_timer = loop.call_later(max(0.0, watch.started + e.time_s - now),
+            watch.estimate_timer = loop.call_later(max(0.0, watch.started + e.time_s - now) + PAST,
                                                    self.on_estimate_passed, task.id)
         watch.stall_timer = loop.call_later(max(0.0, watch.last_output_at + e.observability_interval_s - now),
                                             self.on_stall_check, task.id)
@@ -71,9 +73,13 @@ class Deadlines:
         if found is None:
             return
         task, watch = found
+        estimate, elapsed = task.spec.estimates.time_s, watch.elapsed_s()
+        if elapsed <= estimate:  # asyncio may run a timer a clock tick early: the warning is for *past* it
+            watch.estimate_timer = asyncio.get_running_loop().call_later(estimate - elapsed + PAST,
+                                                                         self.on_estimate_passed, task.id)
+            return
         with isolated(task, "warning that it runs past its estimate"):
-            elapsed = round(watch.elapsed_s(), 3)
-            self.warn(task, watch, policy.RunawayRisk("elapsed", elapsed, task.spec.estimates.time_s))
+            self.warn(task, watch, policy.RunawayRisk("elapsed", math.ceil(elapsed * 1000) / 1000, estimate))
 
     def on_stall_check(self, task_id: int) -> None:
         """At the stall deadline, ask when the task last wrote; stop it, or check again later."""

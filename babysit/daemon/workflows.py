@@ -217,8 +217,9 @@ class Workflows:
 def never_run(dependency: Dependency, run: Task | None) -> Outcome:
     """The end of a run whose dependency ended other than required."""
     how = "has no record any more" if run is None else f"ended {ended_how(run)}"
+    needed = "complete" if dependency.condition == Condition.COMPLETED else "end"
     return Outcome(State.KILLED, kill_reason=KillReason.DEPENDENCY,
-                   detail=f"{dependency.name} {how}, and it was to complete first")
+                   detail=f"{dependency.name} {how}, and it was to {needed} first")
 
 
 def ended_how(run: Task) -> str:

@@ -74,11 +74,14 @@ def test_a_failed_first_step_ends_the_rest_unrun_saying_why(executor: str, task_
 
 
 def test_an_oom_kill_is_retried_with_the_figure_its_hint_named(executor: str, task_name: str) -> None:
-    run(task_name, hog(250, hold_s=1), "--estimated_mem_bytes=64M", "--retries=2")
+    run(task_name, hog(250, hold_s=3), "--estimated_mem_bytes=64M", "--retries=2")
     code, (result,), stderr = wait(task_name)
-    retries = [json.loads(line) for line in stderr.splitlines() if '"event": "retry"' in line]
-    assert len(retries) == 1, stderr
-    first = retries[0]
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("retry") == 1, stderr
+    first = events[kinds.index("retry")]
+    # each attempt went past its memory estimate while it ran: both warnings were streamed, in order
+    assert "runaway_risk" in kinds[:kinds.index("retry")] and "runaway_risk" in kinds[kinds.index("retry"):], stderr
     assert (first["status"], first["kill_reason"], first["attempt"], first["next_attempt"]) == ("killed", "oom", 1, 2)
     asked = first["kill_hint"].split("--estimated_mem_bytes=")[1].split()[0]
     assert f"--estimated_mem_bytes={asked}" in first["retry"], first
@@ -178,7 +181,9 @@ def test_the_verbs_act_on_a_sweep_as_one(on_systemd: None, task_name: str, gate:
 
 def test_a_retry_the_caps_refuse_ends_the_retries_saying_why(on_systemd: None, task_name: str) -> None:
     with daemon_config(QUICK + 'mem_budget_bytes = "1G"\n'):  # a cap of 20 %: 204.8 MiB, under what the hint asks
-        run(task_name, hog(250, hold_s=1), "--estimated_mem_bytes=64M", "--mem_pct_limit=20", "--retries=2")
+        # a command of its own: earlier runs of the same command would change the hint's figure
+        run(task_name, f"{hog(250, hold_s=1)} # {task_name}", "--estimated_mem_bytes=64M", "--mem_pct_limit=20",
+            "--retries=2")
         code, (result,), stderr = wait(task_name)
     assert (code, result["kill_reason"], result["attempt"], result.get("next_attempt")) == (1, "oom", 1, None), result
     assert result["retry"].startswith("no attempt 2 of 3: exceeds_cap: estimated memory 231 MiB"), result
