@@ -19,6 +19,7 @@ from babysit import __version__
 from babysit.cli.client import Client, DaemonBusy, DaemonNotRunning, variant_dict
 from babysit.cli.waiting import Waiter
 from babysit.core.protocol import (
+    DRAINED,
     HISTORY_KEYS,
     BabysitError,
     CapacityExceeded,
@@ -132,6 +133,14 @@ def run(
     array: str = typer.Option(None, "--array", help="a sweep: one task NAME-<i> per index, e.g. 1-100, 0,3,7, "
                                                     "1-100%4 (at most 4 at once); {index} in the command and "
                                                     "$BABYSIT_ARRAY_INDEX hold the index"),
+    priority: int = typer.Option(None, "--priority", help="higher goes first in the queue (default 0)"),
+    stop_signal: str = typer.Option(None, "--stop_signal", "--stop-signal",
+                                    help="what a stop sends first (default SIGTERM), SIGKILL after the grace"),
+    stop_grace: str = typer.Option(None, "--stop_grace", "--stop-grace",
+                                   help="time between the stop signal and SIGKILL (default: the configured 10s)"),
+    warn_signal: str = typer.Option(None, "--warn_signal", "--warn-signal",
+                                    help="SIG@DURATION, e.g. SIGUSR1@5m: sent that long before a kill_timeout stop, "
+                                         "and when a 2x window opens: time to save work"),
 ) -> None:
     """Start a supervised task in the background (non-blocking); a chain step with --after, a sweep with --array.
 
@@ -143,14 +152,18 @@ def run(
         "observability_interval": observability_interval, "mem_pct_limit": mem_pct_limit,
         "cpu_pct_limit": cpu_pct_limit, "estimated_mem_bytes": estimated_mem_bytes,
         "estimated_cpu_cores": estimated_cpu_cores, "buffering": buffering, "after": after, "retries": retries,
-        "retry_on": retry_on, "array": array,
+        "retry_on": retry_on, "array": array, "priority": priority, "stop_signal": stop_signal,
+        "stop_grace": stop_grace, "warn_signal": warn_signal,
     })
 
     async def submit(c: Client) -> tuple[str, str | None]:
         queued = await c.submit(spec, force)
-        if None not in (estimated_time, estimated_mem_bytes, estimated_cpu_cores) or array:
+        if array:
             return queued, None
-        return queued, (await c.status(queued)).get("estimates_from")  # some were left to earlier runs
+        shown = await c.status(queued)
+        if shown.get("waiting_for") == DRAINED:
+            typer.echo(f"babysit: admission is drained: {queued} waits until `babysit undrain`", err=True)
+        return queued, shown.get("estimates_from")  # some were left to earlier runs
 
     from babysit.core.task import unusable_env_names
 
@@ -283,8 +296,8 @@ def status(name: str = Name, as_json: bool = typer.Option(False, "--json", help=
     Console().print(table)
 
 
-STATE_STYLE = {"queued": "cyan", "running": "yellow", "completed": "green", "failed": "red", "killed": "red",
-               "unknown": "magenta"}
+STATE_STYLE = {"queued": "cyan", "held": "cyan", "running": "yellow", "paused": "blue", "completed": "green",
+               "failed": "red", "killed": "red", "unknown": "magenta"}
 COLUMNS = ("name", "state", "elapsed/est", "mem now/peak/est", "cpu/est", "since output")
 
 
@@ -292,7 +305,7 @@ def row(task: dict[str, Any]) -> tuple[str, ...]:
     elapsed = task.get("elapsed_s")
     return (
         task["name"],
-        task["status"],
+        "paused" if task.get("paused_since") else "held" if task.get("held") else task["status"],
         f"{format_duration(elapsed) if elapsed else '-'}/{format_duration(task['estimated_time_s'])}",
         f"{format_size(task['mem_bytes'])}/{format_size(task['peak_mem_bytes'])}/"
         f"{format_size(task['estimated_mem_bytes'])}",
@@ -427,18 +440,67 @@ def adjust(
     estimated_time: str = typer.Option(None, "--estimated_time", "--estimated-time"),
     kill_timeout: str = typer.Option(None, "--kill_timeout", "--kill-timeout"),
     observability_interval: str = typer.Option(None, "--observability_interval", "--observability-interval"),
+    priority: int = typer.Option(None, "--priority", help="a queued task's place: higher goes first"),
 ) -> None:
-    """Change the estimates of a queued or running task; caps of a running unit change live.
+    """Change the estimates (or the priority) of a queued or running task; caps of a running unit change live.
 
     Example: babysit adjust --name=train --estimated_mem_bytes=12G
     """
     changes = variant_dict({"estimated_mem_bytes": estimated_mem_bytes, "estimated_cpu_cores": estimated_cpu_cores,
                             "estimated_time": estimated_time, "kill_timeout": kill_timeout,
-                            "observability_interval": observability_interval})
+                            "observability_interval": observability_interval, "priority": priority})
     if not changes:
         raise fail("babysit: adjust needs at least one estimate to change", ExitCode.USAGE)
     call(lambda c: c.call("Adjust", "sa{sv}", [name, changes]))
     typer.echo(f"adjusted: {name}")
+
+
+@app.command()
+def hold(name: str = Name) -> None:
+    """Keep a queued task (or a sweep's queued members) back: never admitted until released.
+
+    Example: babysit hold --name=eval
+    """
+    call(lambda c: c.call("Hold", "s", [name]))
+    typer.echo(f"held: {name}")
+
+
+@app.command()
+def release(name: str = Name) -> None:
+    """Put a held task back in its place in the queue. Example: babysit release --name=eval"""
+    call(lambda c: c.call("Release", "s", [name]))
+    typer.echo(f"released: {name}")
+
+
+@app.command()
+def pause(name: str = Name) -> None:
+    """Freeze a running task: its kill_timeout, stall watch and 2x windows stand still; it keeps its room.
+
+    Example: babysit pause --name=train
+    """
+    call(lambda c: c.call("Pause", "s", [name]))
+    typer.echo(f"paused: {name}")
+
+
+@app.command()
+def resume(name: str = Name) -> None:
+    """Thaw a paused task; its deadlines go on from where they stood. Example: babysit resume --name=train"""
+    call(lambda c: c.call("Resume", "s", [name]))
+    typer.echo(f"resumed: {name}")
+
+
+@app.command()
+def drain() -> None:
+    """Admit no queued task until `babysit undrain`; running tasks go on, new ones queue. Example: babysit drain"""
+    call(lambda c: c.call("Drain", "b", [True]))
+    typer.echo("drained: queued and new tasks wait; running ones go on (babysit undrain lets them start)")
+
+
+@app.command()
+def undrain() -> None:
+    """Let admission go on after `babysit drain`. Example: babysit undrain"""
+    call(lambda c: c.call("Drain", "b", [False]))
+    typer.echo("admitting again")
 
 
 @app.command()

@@ -51,19 +51,25 @@ def short(size: float) -> str:
 
 def running_row(task: dict[str, Any], now: float) -> list[Any]:
     silent_s = task.get("silent_s") or 0.0
-    started = datetime.fromisoformat(task["started_at"]).timestamp() if task.get("started_at") else now
-    left = task["kill_timeout_s"] - (now - started)
+    left = task["kill_timeout_s"] - active_s(task, now)
     interval = task["observability_interval_s"]
     mem, mem_est, mem_cap = task["mem_bytes"], task["estimated_mem_bytes"], task["memory_max_bytes"]
     cpu, cpu_est, cpu_cap = task["cpu_cores"], task["estimated_cpu_cores"], task["cpu_quota_pct"] / 100
     return [
-        shown_name(task), Text("running", style="yellow"),
+        shown_name(task), Text("paused", style="blue") if task.get("paused_since") else Text("running", style="yellow"),
         Text.assemble(bar(mem, mem_est, mem_cap, BAR), f" {short(mem)}/{short(mem_est)}"),
         Text.assemble(bar(cpu, cpu_est, cpu_cap, 5), f" {cpu:.1f}/{cpu_est:g}"),
         Text(format_duration(max(0.0, left)), style="red" if left < 0.1 * task["kill_timeout_s"] else ""),
         Text(f"{format_duration(silent_s)}/{format_duration(interval)}",
              style="red" if silent_s > interval / 2 else ""),
     ]
+
+
+def active_s(task: dict[str, Any], now: float) -> float:
+    """How long a running task has run, its pauses left out (what its kill_timeout counts)."""
+    started = datetime.fromisoformat(task["started_at"]).timestamp() if task.get("started_at") else now
+    paused_now = now - datetime.fromisoformat(task["paused_since"]).timestamp() if task.get("paused_since") else 0.0
+    return now - started - task.get("paused_s", 0.0) - paused_now
 
 
 def shown_name(task: dict[str, Any]) -> str:

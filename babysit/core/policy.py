@@ -46,6 +46,7 @@ class Verdict:
     memory: Memory
     risks: tuple[RunawayRisk, ...] = ()
     kill: KillReason | None = None
+    opened: tuple[str, ...] = ()  # dimensions whose 2x window began with this sample (--warn_signal goes)
 
 
 def actuals(obs: Observation, est: Estimates) -> dict[str, tuple[float, float]]:
@@ -78,17 +79,19 @@ def evaluate(obs: Observation, est: Estimates, memory: Memory, tolerance_s: floa
     risks = tuple(RunawayRisk(dim, actual, estimate) for dim, (actual, estimate) in figures.items()
                   if actual > estimate and dim not in memory.warned)
     since = dict(memory.over_2x_since)
-    kill = None
+    kill, opened = None, []
     for dim, reason in (("mem", KillReason.MEM_2X_SUSTAINED), ("cpu", KillReason.CPU_2X_SUSTAINED)):
         actual, estimate = figures[dim]
         if actual >= 2 * estimate:
+            if dim not in since:
+                opened.append(dim)
             since.setdefault(dim, obs.at)
             if obs.at - since[dim] >= tolerance_s and kill is None:
                 kill = reason
         else:
             since.pop(dim, None)  # a burst shorter than the window is forgiven
     memory = replace(memory, warned=memory.warned | {r.dim for r in risks}, over_2x_since=since)
-    return Verdict(memory, risks, kill)
+    return Verdict(memory, risks, kill, tuple(opened))
 
 
 @dataclass(frozen=True)

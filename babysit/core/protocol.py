@@ -162,6 +162,11 @@ RESULT_KEYS = (
 KILL_KEYS = ("kill_reason", "kill_hint")
 # after them, where they apply: its chain, its attempts (and what follows this one), its sweep
 WORKFLOW_KEYS = ("after", "attempt", "attempts", "next_attempt", "retry", "group", "array_index")
+# what a queued task waits for while admission is drained (`babysit drain`)
+DRAINED = "babysit undrain (admission is drained)"
+# ... and what queue control and stops add, where they apply (core.report.control)
+CONTROL_KEYS = ("priority", "held", "signals", "stop_signal", "stop_grace_s", "warn_signal", "paused_since",
+                "paused_by", "paused_s")
 # `babysit history`'s keys, in order
 HISTORY_KEYS = (
     "name", "run_id", "status", "kill_reason", "exit_code", "submitted_at", "elapsed_s", "peak_mem_bytes",
@@ -172,7 +177,7 @@ HISTORY_KEYS = (
 
 def terminal_only(report: dict[str, Any]) -> dict[str, Any]:
     """The terminal JSON's keys of a fuller status report."""
-    kept = {*KILL_KEYS, *RESULT_KEYS, *WORKFLOW_KEYS, "detail"}
+    kept = {*KILL_KEYS, *RESULT_KEYS, *WORKFLOW_KEYS, *CONTROL_KEYS, "detail"}
     return {k: v for k, v in report.items() if k in kept}
 
 

@@ -56,7 +56,21 @@ def result(task: Task, now: float) -> dict[str, Any]:
     report |= task.spec.workflow.as_dict()
     if outcome and outcome.retry:  # a retried run's result says what follows (next_attempt), or why nothing does
         report |= {"next_attempt": outcome.next_attempt or None, "retry": outcome.retry}
-    return report
+    return report | control(task)
+
+
+def control(task: Task) -> dict[str, Any]:
+    """What queue control and stops add, where they apply: priority, a hold, the signals babysit sent."""
+    spec = task.spec
+    return ({"priority": spec.priority} if spec.priority else {}) | ({"held": True} if task.held else {}) | (
+        {"signals": [{"signal": s.signal, "at": timestamp(s.at), "why": s.why} for s in task.signals]}
+        if task.signals else {}) | (
+        {"stop_signal": spec.stopping.signal} if spec.stopping.signal != "SIGTERM" else {}) | (
+        {"stop_grace_s": spec.stopping.grace_s} if spec.stopping.grace_s else {}) | (
+        {"warn_signal": f"{spec.stopping.warn_signal}@{format_duration(spec.stopping.warn_before_s)}"}
+        if spec.stopping.warn_signal else {}) | (
+        {"paused_since": timestamp(task.paused_at), "paused_by": task.paused_by} if task.paused_at else {}) | (
+        {"paused_s": round(task.paused_s, 3)} if task.paused_s else {})
 
 
 def status(task: Task, now: float) -> dict[str, Any]:

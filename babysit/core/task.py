@@ -10,6 +10,7 @@ from typing import Any
 
 from babysit.core.protocol import ExceedsCap, InvalidArgument, KillReason, State
 from babysit.core.quantities import format_size, parse_duration, parse_size
+from babysit.core.stopping import Sent, Stopping, parse_signal, parse_warn_signal
 from babysit.core.workflow import (
     DEFAULT_RETRY_ON,
     MAX_RETRIES,
@@ -90,6 +91,8 @@ class TaskSpec:
     buffering: Buffering = Buffering.LINE
     estimates_from: str = ""  # where estimates the caller left out came from: earlier runs (babysit.history)
     workflow: Workflow = Workflow()  # its chain, attempts and sweep (core.workflow)
+    priority: int = 0  # higher goes first in babysit's queue; equal priorities keep their order
+    stopping: Stopping = Stopping()  # how it is stopped, and warned first (core.stopping)
 
 
 def validate_name(name: object) -> str:
@@ -111,7 +114,10 @@ def _duration(wire: Mapping[str, Any], key: str, default: float) -> float:
     value = _get(wire, key, (str, int, float))
     if value is None:
         return default
-    seconds = parse_duration(value) if isinstance(value, str) else float(value)
+    try:
+        seconds = parse_duration(value) if isinstance(value, str) else float(value)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{key}: {e}") from None
     if not 0 < seconds <= 365 * 86400:
         raise InvalidArgument(f"{key} must be more than 0 and at most 365d")
     return seconds
@@ -174,10 +180,12 @@ def clean_env(env: Mapping[str, str]) -> dict[str, str]:
 
 SPEC_FIELDS = {"name", "command", "cwd", "env", "estimated_time", "kill_timeout", "observability_interval",
                "mem_pct_limit", "cpu_pct_limit", "estimated_mem_bytes", "estimated_cpu_cores", "request_id",
-               "buffering", "after", "retries", "retry_on", "array"}
+               "buffering", "after", "retries", "retry_on", "array", "priority", "stop_signal", "stop_grace",
+               "warn_signal"}
 # what `Adjust` may change: a run's command, environment and directory are what it was started with
 ADJUSTABLE_FIELDS = ("estimated_time", "kill_timeout", "observability_interval", "estimated_mem_bytes",
-                     "estimated_cpu_cores", "mem_pct_limit", "cpu_pct_limit")
+                     "estimated_cpu_cores", "mem_pct_limit", "cpu_pct_limit", "priority")
+MAX_PRIORITY = 1_000_000
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -207,7 +215,28 @@ def spec_from_wire(wire: Mapping[str, Any], host: Host) -> TaskSpec:
     if buffering not in set(Buffering):
         raise InvalidArgument(f"buffering must be one of {', '.join(Buffering)}, not {buffering!r}")
     return TaskSpec(name, command, cwd, clean_env(env), estimates, mem_pct, cpu_pct, request_id,
-                    Buffering(buffering), workflow=workflow_from_wire(wire, name))
+                    Buffering(buffering), workflow=workflow_from_wire(wire, name), priority=priority_from_wire(wire),
+                    stopping=stopping_from_wire(wire))
+
+
+def priority_from_wire(wire: Mapping[str, Any]) -> int:
+    value = _get(wire, "priority", (int, str), 0)
+    try:
+        priority = int(value)
+    except ValueError:
+        raise InvalidArgument(f"priority must be a whole number, not {value!r}") from None
+    if abs(priority) > MAX_PRIORITY:
+        raise InvalidArgument(f"priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
+    return priority
+
+
+def stopping_from_wire(wire: Mapping[str, Any]) -> Stopping:
+    """--stop_signal, --stop_grace and --warn_signal of a `Run` dictionary."""
+    stop_signal = _get(wire, "stop_signal", (str,)) or "SIGTERM"
+    warn = _get(wire, "warn_signal", (str,)) or ""
+    warn_signal, warn_before_s = parse_warn_signal(warn) if warn else ("", 0.0)
+    grace_s = _duration(wire, "stop_grace", 0.0) if wire.get("stop_grace") else 0.0
+    return Stopping(parse_signal(stop_signal, "stop_signal"), grace_s, warn_signal, warn_before_s)
 
 
 def _words(wire: Mapping[str, Any], key: str) -> str | None:
@@ -263,6 +292,10 @@ def spec_to_wire(spec: TaskSpec) -> dict[str, Any]:
         "observability_interval": e.observability_interval_s, "mem_pct_limit": spec.mem_pct_limit,
         "cpu_pct_limit": spec.cpu_pct_limit, "estimated_mem_bytes": e.mem_bytes,
         "estimated_cpu_cores": e.cpu_cores, "request_id": spec.request_id, "buffering": str(spec.buffering),
+        "priority": spec.priority, "stop_signal": spec.stopping.signal,
+        **({"stop_grace": spec.stopping.grace_s} if spec.stopping.grace_s else {}),
+        **({"warn_signal": f"{spec.stopping.warn_signal}@{spec.stopping.warn_before_s:g}s"}
+           if spec.stopping.warn_signal else {}),
     }
 
 
@@ -359,6 +392,11 @@ class Task:
     usage: Usage = field(default_factory=Usage)
     job: Job | None = None  # where an executor other than systemd runs it
     output_file: str | None = None  # a file that holds its output, where babysit cannot read it from journald
+    held: bool = False  # `babysit hold`: kept back in the queue until released
+    signals: tuple[Sent, ...] = ()  # what babysit sent it while it ran: warnings, then its stop
+    paused_at: float | None = None  # `babysit pause`: when (wall clock), while it is paused
+    paused_by: str = ""  # how: "freeze" (systemd's FreezeUnit) or "SIGSTOP" where a unit cannot be frozen
+    paused_s: float = 0.0  # how long its earlier pauses lasted: no deadline counts them
 
     @property
     def name(self) -> str:

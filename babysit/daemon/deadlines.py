@@ -17,6 +17,7 @@ from typing import Any
 from babysit.common.background import Background
 from babysit.core import policy, report
 from babysit.core.protocol import KillReason, State
+from babysit.core.quantities import format_duration
 from babysit.core.task import Task
 from babysit.daemon.ledger import Ledger
 from babysit.daemon.watch import Watch, isolated
@@ -25,14 +26,18 @@ from babysit.executors.base import Executor
 log = logging.getLogger("babysitd")
 PAST = 0.001  # the elapsed warning fires this long after the estimate, so it is past it
 Stop = Callable[[Task, KillReason], Coroutine[Any, Any, None]]  # the supervisor's stop
+Send = Callable[[Task, str, str], Coroutine[Any, Any, None]]  # the supervisor's send: a warning signal
+WARNED_AHEAD = "kill_timeout in "  # how a warning before the kill_timeout stop is recorded
 
 
 class Deadlines:
-    def __init__(self, ledger: Ledger, executor: Executor, watches: dict[int, Watch], stop: Stop) -> None:
+    def __init__(self, ledger: Ledger, executor: Executor, watches: dict[int, Watch], stop: Stop,
+                 send: Send) -> None:
         self.ledger = ledger
         self.executor = executor
         self.watches = watches  # the supervisor's, by run id
         self.stop = stop
+        self.send = send
         self.background = Background()
 
     def arm(self, task: Task, watch: Watch) -> None:
@@ -40,12 +45,16 @@ class Deadlines:
 
         All on the monotonic clock (asyncio's own): a wall-clock step neither ends a task early nor lets a
         silent one run on, and a suspend is not silence. The start is placed on that clock once, from how
-        long ago it started (a restarted babysitd knows only that).
+        long ago it started (a restarted babysitd knows only that), less the time it spent paused.
         """
         watch.disarm()
         loop, now, e = asyncio.get_running_loop(), time.monotonic(), task.spec.estimates
-        if watch.started is None:
-            watch.started = now - max(0.0, time.time() - (task.started_at or time.time()))
+        if watch.started is None:  # (its pauses do not count: resume moves the start by each)
+            watch.started = now - max(0.0, time.time() - (task.started_at or time.time()) - task.paused_s)
+        if task.paused_at is not None:  # nothing is due while it is paused: resume arms it again
+            if watch.paused_since is None:
+                watch.paused_since = now - max(0.0, time.time() - task.paused_at)
+            return
         watch.last_output_at = max(watch.last_output_at, watch.started)
         watch.timeout_timer = loop.call_later(max(0.0, watch.started + e.kill_timeout_s - now), self.on_timeout,
                                               task.id)
@@ -54,6 +63,9 @@ class Deadlines:
                                                    self.on_estimate_passed, task.id)
         watch.stall_timer = loop.call_later(max(0.0, watch.last_output_at + e.observability_interval_s - now),
                                             self.on_stall_check, task.id)
+        warn_at = task.spec.stopping.warn_at(e.kill_timeout_s)
+        if warn_at is not None and not any(s.why.startswith(WARNED_AHEAD) for s in task.signals):
+            watch.warn_timer = loop.call_later(max(0.0, watch.started + warn_at - now), self.on_warn, task.id)
 
     def still_due(self, task_id: int) -> tuple[Task, Watch] | None:
         """The task and its watch, while a deadline still applies to it (running, and no stop asked yet)."""
@@ -66,6 +78,14 @@ class Deadlines:
     def on_timeout(self, task_id: int) -> None:
         if found := self.still_due(task_id):
             self.stop_soon(found[0], KillReason.TIMEOUT)
+
+    def on_warn(self, task_id: int) -> None:
+        """--warn_signal's time: its kill_timeout stop is that far off."""
+        if found := self.still_due(task_id):
+            task, stopping = found[0], found[0].spec.stopping
+            self.background.run(self.send(task, stopping.warn_signal,
+                                          f"{WARNED_AHEAD}{format_duration(stopping.warn_before_s)}"),
+                                f"warning {task.name}")
 
     def on_estimate_passed(self, task_id: int) -> None:
         """The time estimate has passed: the elapsed warning, at once (not at the next sample)."""

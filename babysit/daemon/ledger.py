@@ -47,8 +47,9 @@ class Ledger:
         return next((t for t in self.tasks.values() if t.id == task_id), None)
 
     def queue(self) -> list[Task]:
-        """Queued tasks in submission order."""
-        return sorted((t for t in self.tasks.values() if t.state == State.QUEUED), key=lambda t: t.id)
+        """Queued tasks in their order: higher priority first, then in submission order."""
+        return sorted((t for t in self.tasks.values() if t.state == State.QUEUED),
+                      key=lambda t: (-t.spec.priority, t.id))
 
     def running(self) -> list[Task]:
         return [t for t in self.tasks.values() if t.state == State.RUNNING]

@@ -22,6 +22,7 @@ from babysit.daemon.workflows import Plan, Workflows
 from babysit.executors.base import Executor, StartDeferred, StartRefused
 
 log = logging.getLogger("babysitd")
+DRAINING = "draining"  # the store's setting
 
 
 class Queue:
@@ -39,6 +40,17 @@ class Queue:
         self._drain_requested = False  # a burst of task ends drains the queue once, not once per end
         self.handover = HandOver(ledger, executor, self.spawn)
         self.background = Background()
+        self.draining = ledger.store.settings.get(DRAINING) is not None  # `babysit drain`, kept across restarts
+
+    def drain_admission(self, on: bool) -> None:
+        """`babysit drain`: admit no queued task (running ones go on) until `babysit undrain`."""
+        self.ledger.store.settings.set(DRAINING, "1" if on else None)
+        self.draining = on
+        log.info("admission %s", "drained: queued tasks wait" if on else "goes on")
+
+    def ahead_of(self, priority: int) -> list[str]:
+        """The queued tasks free to start that a new task of this priority waits behind."""
+        return [t.name for t in self.plan().ready if t.spec.priority >= priority]
 
     async def drain(self) -> None:
         """Hand queued tasks to the executor in submission order while the first of them fits (none
@@ -57,7 +69,7 @@ class Queue:
                 await self.finish(task, outcome)
             elif not task.kill_requested:  # the executor holds it (a Slurm job waiting on its dependency)
                 await self.supervisor.stop(task, KillReason.DEPENDENCY)
-        for task in plan.ready:
+        for task in [] if self.draining else plan.ready:
             if task.id in self.handover.pending:  # the executor's soon
                 continue
             if not self.executor.queues:  # (a sweep goes to Slurm as one array job, its estimates the first's)

@@ -22,7 +22,7 @@ from babysit.common.config import Config
 from babysit.core import history, report
 from babysit.core.capacity import refusal, requested_room, room, shortfall
 from babysit.core.protocol import (
-    CapacityExceeded, CapsUnavailable, ExecutorUnavailable, InvalidArgument, KillReason, QueueFull, State,
+    DRAINED, CapacityExceeded, CapsUnavailable, ExecutorUnavailable, InvalidArgument, KillReason, QueueFull, State,
 )
 from babysit.core.quantities import format_duration
 from babysit.core.task import (
@@ -82,13 +82,15 @@ class Scheduler:
             if len(self.ledger.tasks) + len(specs) > self.config.max_live_tasks:
                 raise QueueFull(f"{len(self.ledger.tasks)} tasks are queued or running; {len(specs)} more would be "
                                 "more than babysit keeps (max_live_tasks); wait for some to end, or kill queued ones")
-            decision = self.admission.decide(spec.estimates.mem_bytes, spec.estimates.cpu_cores)
+            decision = self.admission.decide(spec.estimates.mem_bytes, spec.estimates.cpu_cores,
+                                             self.queue.ahead_of(spec.priority))
             self.workflows.check_name(spec.name)  # a live name is the first thing to fix
             if not decision.admit and not force and not spec.workflow.after:  # a dependent waits anyway
                 raise CapacityExceeded(json.dumps(refusal(spec.name, decision, spec.estimates_from)))
             tasks = self.ledger.add_all(specs, caps)
-            if not self.admission.hands_over(decision) or spec.workflow.after:
-                log.info("queued %s: %s", spec.name, decision.reason or "it waits for other tasks")
+            if not self.admission.hands_over(decision) or spec.workflow.after or self.queue.draining:
+                log.info("queued %s: %s", spec.name, decision.reason or (
+                    "admission is drained" if self.queue.draining else "it waits for other tasks"))
             await self.queue.drain_now()
         return spec.workflow.group or tasks[0].name
 
@@ -137,6 +139,45 @@ class Scheduler:
             self.supervisor.arm(task)
         await self.queue.drain()
 
+    async def hold(self, name: str, held: bool) -> None:
+        """Keep a queued task (every queued member, for a sweep) from being admitted, or let it go again."""
+        members = self.workflows.live_members(name)
+        for member in members:
+            if member.state == State.QUEUED:
+                await self.hold(member.name, held)
+        if members:
+            return
+        task = self.ledger.live(name)
+        if task.state != State.QUEUED:
+            raise InvalidArgument(f"{name} is {task.state}: only a queued task can be held or released")
+        task = self.ledger.save(task.with_(held=held))
+        await self.executor.hold(task, held)
+        log.info("%s %s", "held" if held else "released", name)
+        if not held:
+            await self.queue.drain()
+
+    async def pause(self, name: str, paused: bool) -> None:
+        """Freeze a running task (every running member, for a sweep), or thaw it."""
+        members = self.workflows.live_members(name)
+        for member in members:
+            if member.state == State.RUNNING and (member.paused_at is None) == paused:
+                await self.pause(member.name, paused)
+        if members:
+            return
+        task = self.ledger.live(name)
+        if task.state != State.RUNNING or task.kill_requested:
+            raise InvalidArgument(f"{name} is {task.state}: only a running task can be paused or resumed")
+        if (task.paused_at is not None) == paused:
+            raise InvalidArgument(f"{name} is {'already' if paused else 'not'} paused")
+        await (self.supervisor.pause(task) if paused else self.supervisor.resume(task))
+
+    async def drain(self, on: bool) -> None:
+        """Stop admitting queued tasks (running ones go on), or admit them again."""
+        self.queue.drain_admission(on)
+        if not on:
+            await self.queue.drain()
+        self.ledger.capacity_changed()
+
     # --- verbs that only tell -----------------------------------------------------------------------
 
     def ping(self) -> str:
@@ -181,7 +222,9 @@ class Scheduler:
                 e = task.spec.estimates
                 requested = requested_room(self.executor.host, e.mem_bytes, e.cpu_cores)
                 now_known = {"queue_position": ahead + 1,
-                             "waiting_for": plan.waiting.get(task.id) or self.executor.waiting_for(task)
+                             "waiting_for": plan.waiting.get(task.id) or (
+                                 DRAINED if self.queue.draining and task.in_babysits_queue else None)
+                             or self.executor.waiting_for(task)
                              or shortfall(requested, available, ahead) or "its turn",
                              "available": room_now}
             described.append((task, now_known))
@@ -198,10 +241,12 @@ class Scheduler:
                       "and no new task starts meanwhile"] if self.ledger.unwritable else []
         unreachable = [f"{self.executor.trouble}: new runs are refused and queued ones wait until it answers; "
                        "finished runs can still be seen"] if self.executor.trouble else []
-        return self.executor.caps_missing + unwritable + unreachable + self.advice
+        drained = ["admission is drained: queued and new tasks wait until `babysit undrain` (running ones go on)"
+                   ] if self.queue.draining else []
+        return self.executor.caps_missing + unwritable + unreachable + drained + self.advice
 
     def capacity(self) -> dict[str, Any]:
-        return self.admission.report(self.warnings)
+        return self.admission.report(self.warnings) | {"draining": self.queue.draining}
 
     def history(self, name: str, limit: int) -> list[dict[str, Any]]:
         """The newest `limit` finished runs of a name ("" for every name), oldest first."""

@@ -47,6 +47,9 @@ class Verbs(Protocol):
     async def run(self, wire: Mapping[str, Any], force: bool) -> str: ...
     async def kill(self, name: str) -> None: ...
     async def adjust(self, name: str, changes: Mapping[str, Any]) -> None: ...
+    async def hold(self, name: str, held: bool) -> None: ...
+    async def drain(self, on: bool) -> None: ...
+    async def pause(self, name: str, paused: bool) -> None: ...
     def status(self, name: str) -> dict[str, Any]: ...
     def list_tasks(self, include_terminal: bool) -> AsyncIterator[list[tuple[Task, dict[str, Any]]]]: ...
     def history(self, name: str, limit: int) -> list[dict[str, Any]]: ...
@@ -138,6 +141,31 @@ class SchedulerInterface(ServiceInterface):
     async def Adjust(self, name: DBusStr, changes: DBusDict):  # type: ignore[no-untyped-def]  # as Kill
         with bus_errors():
             await self.scheduler.adjust(name, {k: v.value for k, v in changes.items()})
+
+    @dbus_method()
+    async def Hold(self, name: DBusStr):  # type: ignore[no-untyped-def]  # as Kill
+        with bus_errors():
+            await self.scheduler.hold(name, True)
+
+    @dbus_method()
+    async def Release(self, name: DBusStr):  # type: ignore[no-untyped-def]  # as Kill
+        with bus_errors():
+            await self.scheduler.hold(name, False)
+
+    @dbus_method()
+    async def Pause(self, name: DBusStr):  # type: ignore[no-untyped-def]  # as Kill
+        with bus_errors():
+            await self.scheduler.pause(name, True)
+
+    @dbus_method()
+    async def Resume(self, name: DBusStr):  # type: ignore[no-untyped-def]  # as Kill
+        with bus_errors():
+            await self.scheduler.pause(name, False)
+
+    @dbus_method()
+    async def Drain(self, on: DBusBool):  # type: ignore[no-untyped-def]  # as Kill
+        with bus_errors():
+            await self.scheduler.drain(on)
 
     @dbus_method()
     def Status(self, name: DBusStr) -> DBusDict:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from babysit.core.history import PastRun, past_run
+from babysit.core.stopping import Sent, stopping_from_json
 from babysit.core.protocol import KillReason, NameInUse, State
 from babysit.core.task import Buffering, Caps, Estimates, Job, Outcome, Spread, Task, TaskSpec, Usage
 from babysit.core.timeline import Timeline
@@ -33,8 +34,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     outcome TEXT,
     usage TEXT NOT NULL,
     job TEXT,  -- babysit.core.task.Job, as JSON
-    output TEXT  -- Task.output_file
+    output TEXT,  -- Task.output_file
+    control TEXT  -- Task.held and Task.signals, as JSON
 );
+-- babysitd's own settings that outlive it (draining)
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- a name is unique among runs that are not over; finished runs of it stay as history
 CREATE UNIQUE INDEX IF NOT EXISTS live_name ON tasks(name) WHERE state IN {LIVE};
 -- history and estimates look runs up by name, and completed ones by command and directory
@@ -76,7 +80,8 @@ def _task(row: sqlite3.Row) -> Task:
         id=row["id"],
         spec=TaskSpec(**{**spec, "estimates": Estimates(**spec["estimates"]),
                          "buffering": Buffering(spec.get("buffering", Buffering.LINE)),
-                         "workflow": workflow_from_json(spec.get("workflow"))}),
+                         "workflow": workflow_from_json(spec.get("workflow")),
+                         "stopping": stopping_from_json(spec.get("stopping"))}),
         caps=Caps(**json.loads(row["caps"])),
         state=State(row["state"]),
         submitted_at=row["submitted_at"],
@@ -92,7 +97,16 @@ def _task(row: sqlite3.Row) -> Task:
         usage=Usage(**{k: v for k, v in json.loads(row["usage"]).items() if k in USAGE_FIELDS}),
         job=Job(**json.loads(row["job"])) if row["job"] else None,
         output_file=row["output"],
+        **_control(row["control"]),
     )
+
+
+def _control(data: str | None) -> dict[str, Any]:
+    control = json.loads(data) if data else {}
+    return {"held": control.get("held", False),
+            "signals": tuple(Sent(**sent) for sent in control.get("signals", ())),
+            "paused_at": control.get("paused_at"), "paused_by": control.get("paused_by", ""),
+            "paused_s": control.get("paused_s", 0.0)}
 
 
 PAST_RUNS = "SELECT tasks.*, timelines.p95_cpu_cores FROM tasks LEFT JOIN timelines ON task_id = id"
@@ -227,7 +241,10 @@ class Store:
                 self.db.execute("ALTER TABLE tasks ADD COLUMN job TEXT")  # a database from before executors
             if "output" not in columns:
                 self.db.execute("ALTER TABLE tasks ADD COLUMN output TEXT")  # ...and from before output files
+            if "control" not in columns:
+                self.db.execute("ALTER TABLE tasks ADD COLUMN control TEXT")  # ...and from before hold and signals
             self.erase_old_environments()
+            self.settings = Settings(self.db)
         except sqlite3.DatabaseError:
             self.db.close()
             raise
@@ -298,12 +315,15 @@ class Store:
             (old_state,) = self.db.execute("SELECT state FROM tasks WHERE id = ?", (task.id,)).fetchone()
             self.db.execute(
                 "UPDATE tasks SET state=?, started_at=?, finished_at=?, kill_requested=?, spec=?, caps=?, "
-                "outcome=?, usage=?, job=?, output=? WHERE id=?",
+                "outcome=?, usage=?, job=?, output=?, control=? WHERE id=?",
                 (task.state.value, task.started_at, task.finished_at,
                  task.kill_requested.value if task.kill_requested else None, json.dumps(asdict(spec)),
                  json.dumps(asdict(task.caps)), json.dumps(asdict(task.outcome)) if task.outcome else None,
                  json.dumps(asdict(task.usage)), json.dumps(asdict(task.job)) if task.job else None,
-                 task.output_file, task.id),
+                 task.output_file, json.dumps({"held": task.held, "signals": [asdict(s) for s in task.signals],
+                                               "paused_at": task.paused_at, "paused_by": task.paused_by,
+                                               "paused_s": task.paused_s}),
+                 task.id),
             )
             if old_state != task.state.value:
                 self.db.execute("INSERT INTO transitions (task_id, at, state, detail) VALUES (?, ?, ?, ?)",
@@ -422,3 +442,23 @@ class Store:
         rows = self.db.execute("SELECT at, state, detail FROM transitions WHERE task_id = ? ORDER BY rowid",
                                (task.id,))
         return [tuple(r) for r in rows]
+
+
+
+class Settings:
+    """babysitd's own settings that outlive it (draining), in the store's database."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row else None
+
+    def set(self, key: str, value: str | None) -> None:
+        """Keep a setting (None: forget it)."""
+        if value is None:
+            self.db.execute("DELETE FROM settings WHERE key = ?", (key,))
+        else:
+            self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                            "value = excluded.value", (key, value))

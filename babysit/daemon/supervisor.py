@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 
 from babysit.common import failpoints
 from babysit.common.background import carry_on
 from babysit.common.config import Config
 from babysit.core import policy
 from babysit.core.protocol import KillReason, State
+from babysit.core.quantities import format_duration
+from babysit.core.stopping import Sent
 from babysit.core.task import Task, Usage
 from babysit.core.timeline import Timeline
 from babysit.daemon.deadlines import Deadlines
@@ -31,7 +34,7 @@ class Supervisor:
         self.executor = executor
         self.config = settings
         self.watches: dict[int, Watch] = {}  # running tasks' by run id
-        self.deadlines = Deadlines(ledger, executor, self.watches, self.stop)
+        self.deadlines = Deadlines(ledger, executor, self.watches, self.stop, self.send)
         self.pressure = Pressure(ledger, settings, self.stop)
 
     # --- which tasks are watched ---------------------------------------------------------------------
@@ -70,8 +73,45 @@ class Supervisor:
 
     async def stop(self, task: Task, reason: KillReason) -> None:
         """A graceful stop babysit decided on: remembered first, so a restart still knows why."""
-        self.ledger.save(task.with_(kill_requested=reason))
+        sent = (Sent(task.spec.stopping.signal, time.time(), f"stop: {reason}"),) if task.state == State.RUNNING else ()
+        task = self.ledger.save(task.with_(kill_requested=reason, signals=task.signals + sent))
+        if task.paused_at is not None:  # a frozen process could not act on its stop signal
+            with carry_on(f"thawing {task.name} to stop it"):
+                await self.executor.pause(task, False)
         await self.executor.stop(task)
+
+    async def pause(self, task: Task) -> Task:
+        """Freeze a running task; its deadlines and 2x windows stand still until it is resumed."""
+        how = await self.executor.pause(task, True)
+        watch = self.watch(task.id)
+        watch.disarm()
+        watch.paused_since = time.monotonic()
+        log.info("paused %s (%s)", task.name, how)
+        return self.ledger.save(task.with_(paused_at=time.time(), paused_by=how))
+
+    async def resume(self, task: Task) -> Task:
+        """Thaw a paused task: its deadlines go on from where they stood, its 2x windows start afresh."""
+        await self.executor.pause(task, False)
+        watch = self.watch(task.id)
+        paused = time.monotonic() - watch.paused_since if watch.paused_since is not None else 0.0
+        if watch.started is not None:
+            watch.started += paused
+        watch.last_output_at += paused
+        watch.paused_since = None
+        watch.policy = replace(watch.policy, over_2x_since={})
+        log.info("resumed %s after %.1fs", task.name, paused)
+        task = self.ledger.save(task.with_(paused_at=None, paused_by="", paused_s=task.paused_s + paused))
+        self.arm(task)
+        return task
+
+    async def send(self, task: Task, signal: str, why: str) -> None:
+        """A warning signal to a running task, kept in its record (its terminal JSON lists it)."""
+        if not await self.executor.signal(task, signal):
+            return
+        log.info("sent %s to %s: %s", signal, task.name, why)
+        now = self.ledger.by_id(task.id)
+        if now is not None and now.state == State.RUNNING:  # (an end recorded meanwhile stays as it is)
+            self.ledger.save(now.with_(signals=now.signals + (Sent(signal, time.time(), why),)))
 
     # --- each tick ----------------------------------------------------------------------------------
 
@@ -150,7 +190,7 @@ class Supervisor:
 
     async def police(self, task: Task, watch: Watch) -> None:
         """Warnings for estimates first exceeded; a stop when the policy says so."""
-        if task.kill_requested or task.started_at is None:
+        if task.kill_requested or task.started_at is None or task.paused_at is not None:
             return
         u = task.usage
         observation = policy.Observation(time.monotonic(), u.mem_bytes, u.cpu_cores)
@@ -158,6 +198,10 @@ class Supervisor:
         watch.policy = verdict.memory
         for risk in verdict.risks:
             self.deadlines.warn(task, watch, risk)
+        warn_signal = task.spec.stopping.warn_signal
+        for dim in verdict.opened if warn_signal else ():
+            await self.send(task, warn_signal, f"{dim} at 2x its estimate: stopped in "
+                                               f"{format_duration(self.config.tolerance_s)} unless it drops")
         if verdict.kill:
             log.info("stopping %s: %s", task.name, verdict.kill)
             await self.stop(task, verdict.kill)

@@ -25,13 +25,15 @@ class Watch:
     timeout_timer: asyncio.TimerHandle | None = None  # its kill_timeout
     stall_timer: asyncio.TimerHandle | None = None  # its next stall check
     estimate_timer: asyncio.TimerHandle | None = None  # its time estimate (the elapsed warning)
+    warn_timer: asyncio.TimerHandle | None = None  # its --warn_signal, ahead of kill_timeout
+    paused_since: float | None = None  # time.monotonic() of its pause: no deadline runs meanwhile
     policy: policy.Memory = field(default_factory=policy.Memory)
     next_sample_at: float = 0.0  # see policy.sample_interval
     timeline: Timeline = field(default_factory=Timeline)
     timeline_saved_at: float = 0.0
 
     def disarm(self) -> None:
-        for timer in (self.timeout_timer, self.stall_timer, self.estimate_timer):
+        for timer in (self.timeout_timer, self.stall_timer, self.estimate_timer, self.warn_timer):
             if timer:
                 timer.cancel()
 

@@ -91,6 +91,9 @@ class Workflows:
         plan = Plan(active=Counter(t.spec.workflow.sweep for t in live.values()
                                    if t.spec.workflow.limit and not t.state.terminal and not t.in_babysits_queue))
         for task in queue:
+            if task.held:
+                plan.waiting[task.id] = f"its release (held: babysit release --name={task.name})"
+                continue
             waits: list[str] = []
             held = True  # by the executor itself, once handed over (a Slurm job's --dependency)
             for dependency in task.spec.workflow.after:

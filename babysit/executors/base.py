@@ -120,7 +120,17 @@ class Executor(Protocol):
         """
 
     async def stop(self, task: Task) -> None:
-        """A graceful stop: SIGTERM, then SIGKILL after the grace."""
+        """A graceful stop: the task's stop signal (SIGTERM), then SIGKILL after its grace."""
+
+    async def signal(self, task: Task, signal: str) -> bool:
+        """Send a running task's processes a signal (a warning); whether it could be sent."""
+
+    async def hold(self, task: Task, held: bool) -> None:
+        """Hold back, or release, a task waiting in the executor's own queue (babysit's own needs nothing)."""
+
+    async def pause(self, task: Task, paused: bool) -> str:
+        """Freeze a running task, and how ("freeze", "SIGSTOP"); or thaw one paused as task.paused_by says.
+        Raises InvalidArgument where tasks cannot be paused."""
 
     async def set_caps(self, task: Task, was: Caps) -> Caps:
         """Apply a running task's changed caps and estimates; the caps in force afterwards."""

@@ -442,6 +442,7 @@ class Slurm:
     async def cancel(self, key: str, signal: str = "TERM") -> None:
         """Send `signal` to every process of the job (`12`, or an array's task `12_3`; KILL: cancel it); a job
         already gone is no error."""
+        # (scancel takes --signal=KILL as a cancel too: no user can SIGKILL a job's processes before KillWait)
         if signal.upper().removeprefix("SIG") == "KILL":
             # Ends the job as CANCELLED: SIGTERM to every step, SIGKILL after the cluster's KillWait.
             argv = ["scancel", key]
@@ -449,6 +450,10 @@ class Slurm:
             # Without --full a signal other than KILL skips the batch step, i.e. the task's own processes.
             argv = ["scancel", "--full", f"--signal={signal}", key]
         await self._run(argv, ok_errors=_GONE)
+
+    async def hold(self, key: str, held: bool) -> None:
+        """Keep a pending job from starting, or let it start again."""
+        await self._run(["scontrol", "hold" if held else "release", key], ok_errors=_GONE)
 
     async def by_name(self, name: str, ended_too: bool = False) -> list[Job]:
         """This user's jobs named exactly `name`, oldest first: live ones, and with `ended_too` those the

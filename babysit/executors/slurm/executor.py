@@ -21,7 +21,7 @@ from pathlib import Path
 from babysit.common import failpoints
 from babysit.common.config import Config
 from babysit.core.capacity import Reservation
-from babysit.core.protocol import State, unit_name
+from babysit.core.protocol import InvalidArgument, State, unit_name
 from babysit.core.task import Caps, Host, Job, Outcome, Task
 from babysit.core.workflow import Condition
 from babysit.executors import output_file
@@ -105,6 +105,37 @@ def output_of(output_dir: Path, task: Task) -> Path:
     return output_dir / f"{task.name}-{task.id}.out"
 
 
+async def submitted(slurm: Slurm, task: Task, origin: str, output_dir: Path) -> Job | None:
+    """The job of this run, if an earlier submission reached the controller (a sweep member's: its task in
+    the sweep's array job)."""
+    w = task.spec.workflow
+    found: list[tuple[int, int | None]]
+    if w.index is not None and w.attempt == 1:
+        found = [(job.array_job_id or job.job_id, w.index) for job in
+                 await slurm.by_name(job_name(w.group), ended_too=True)
+                 if job.comment == sweep_comment(w.sweep, origin) and job.array_index == w.index]
+    else:
+        found = [(job.job_id, None) for job in await slurm.by_name(job_name(task.name), ended_too=True)
+                 if job.comment == run_comment(task.id, origin)]
+    return Job(found[0][0], str(output_of(output_dir, task)), found[0][1]) if found else None
+
+
+async def cancel_unrecorded(slurm: Slurm, daemon: RunEvents, origin: str) -> None:
+    """This babysitd's jobs that no live record knows are cancelled: babysit never leaves a job it does not
+    track."""
+    for job in await slurm.by_name_prefix(job_name("")):
+        if not recorded(job, daemon, origin):
+            log.warning("cancelling slurm job %s (%s): babysit has no record of it", job.key, job.name)
+            await slurm.cancel(job.key, "KILL")
+
+
+def unreachable(e: SlurmError) -> str:
+    """The trouble an unreachable controller is, as ping and status say it."""
+    log.warning("the Slurm controller does not answer (%s); asking again each tick", e)
+    said = e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e)
+    return f"the Slurm controller has not answered since {time.strftime('%H:%M:%S')} ({said})"
+
+
 class SlurmExecutor:
     kind = "slurm"
     queues = True
@@ -144,7 +175,7 @@ class SlurmExecutor:
         except SlurmError as e:
             if not e.unreachable:
                 raise
-            self.unreachable(e)
+            self.trouble = self.trouble or unreachable(e)
             return False
         if self.trouble:
             log.info("the Slurm controller answers again")
@@ -157,12 +188,6 @@ class SlurmExecutor:
     def capacity(self) -> Capacity:
         """The room as the last round found it: Slurm's free figures already count every job's allocation."""
         return self.room
-
-    def unreachable(self, e: SlurmError) -> None:
-        if self.trouble is None:
-            log.warning("the Slurm controller does not answer (%s); asking again each tick", e)
-            said = e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e)
-            self.trouble = f"the Slurm controller has not answered since {time.strftime('%H:%M:%S')} ({said})"
 
     async def refresh(self) -> None:
         """Nothing: the room is the last round's (each tick asks sinfo), since a decision must not wait on a
@@ -177,8 +202,11 @@ class SlurmExecutor:
         caps = job_caps(task.caps, job_cpus(task))
         job = self.swept.pop(task.id, None)  # submitted with its sweep's array job already
         try:
-            if job is None and task.id in self.unsure and (job := await self.submitted(task)):
-                log.info("%s was submitted as slurm job %s before its answer was lost", task.name, job.key)
+            if job is None and task.id in self.unsure:
+                job = await submitted(self.slurm, task, self.origin, self.output_dir)
+                self.unsure.discard(task.id)
+                if job:
+                    log.info("%s was submitted as slurm job %s before its answer was lost", task.name, job.key)
             if job is None:
                 job = await self.submit(task, caps)
                 log.info("submitted %s as slurm job %s", task.name, job.key)
@@ -186,7 +214,7 @@ class SlurmExecutor:
             if not e.unreachable:
                 raise StartRefused(f"sbatch refused it: {e}") from None
             self.unsure.add(task.id)
-            self.unreachable(e)
+            self.trouble = self.trouble or unreachable(e)
             raise StartDeferred(f"the Slurm controller did not answer ({e}); it is submitted once it does") from None
         except ValueError as e:
             raise StartRefused(f"sbatch refused it: {e}") from None
@@ -215,15 +243,36 @@ class SlurmExecutor:
         return self.swept.pop(task.id, None) or Job(job_id, str(output))
 
     async def stop(self, task: Task) -> None:
-        """SIGTERM to the batch script and its steps, SIGKILL after the grace (see supervise)."""
+        """The task's stop signal to the batch script and its steps; after its grace, the job is cancelled
+        (see supervise), which Slurm ends with SIGTERM, then SIGKILL after the cluster's KillWait."""
         tracked = self.jobs.get(task.id)
         if tracked is None:
             return
         if tracked.state in PENDING:  # nothing runs yet that a signal could reach
             await self.slurm.cancel(tracked.key, "KILL")
             return
-        await self.slurm.cancel(tracked.key, "TERM")
-        tracked.kill_at = time.monotonic() + self.config.stop_grace_s
+        stopping = task.spec.stopping
+        await self.slurm.cancel(tracked.key, stopping.signal.removeprefix("SIG"))
+        tracked.kill_at = time.monotonic() + stopping.grace(self.config.stop_grace_s)
+
+    async def signal(self, task: Task, signal: str) -> bool:
+        """`scancel --full --signal`: babysit's own deadlines say when (Slurm's `--signal` counts from the
+        job's time limit, which is babysit's backstop, not the task's kill_timeout)."""
+        tracked = self.jobs.get(task.id)
+        if tracked is None or tracked.state in PENDING:
+            return False
+        await self.slurm.cancel(tracked.key, signal.removeprefix("SIG"))
+        return True
+
+    async def hold(self, task: Task, held: bool) -> None:
+        """`scontrol hold` or `release` of a pending job (a user may hold their own jobs)."""
+        tracked = self.jobs.get(task.id)
+        if tracked is not None and tracked.state in PENDING:
+            await self.slurm.hold(tracked.key, held)
+
+    async def pause(self, task: Task, paused: bool) -> str:
+        raise InvalidArgument("on Slurm only an operator can suspend a job (scontrol suspend); kill it, or give it "
+                              "more time with babysit adjust --kill_timeout")
 
     async def set_caps(self, task: Task, was: Caps) -> Caps:
         """A running job's --mem and CPUs are fixed: the new estimates apply to babysit's policy only."""
@@ -262,21 +311,6 @@ class SlurmExecutor:
         self.jobs[task.id] = Tracked(task.id, task.job.job_id, Path(task.job.output), index=task.job.index)
         return task
 
-    async def submitted(self, task: Task) -> Job | None:
-        """The job of this run, if an earlier submission reached the controller (a sweep member's: its task in
-        the sweep's array job)."""
-        w = task.spec.workflow
-        found: list[tuple[int, int | None]]
-        if w.index is not None and w.attempt == 1:
-            found = [(job.array_job_id or job.job_id, w.index) for job in
-                     await self.slurm.by_name(job_name(w.group), ended_too=True)
-                     if job.comment == sweep_comment(w.sweep, self.origin) and job.array_index == w.index]
-        else:
-            found = [(job.job_id, None) for job in await self.slurm.by_name(job_name(task.name), ended_too=True)
-                     if job.comment == run_comment(task.id, self.origin)]
-        self.unsure.discard(task.id)
-        return Job(found[0][0], str(output_of(self.output_dir, task)), found[0][1]) if found else None
-
     async def adopt(self, task: Task) -> None:
         """Track a running job again; the next round says whether it is still running."""
         if task.job is None:
@@ -292,17 +326,9 @@ class SlurmExecutor:
         (once the controller answers)."""
         self.sweep_due = True
         if not self.trouble:  # else the first round that gets an answer looks
-            await self.ask(self.cancel_unrecorded)
+            if await self.ask(lambda: cancel_unrecorded(self.slurm, self.rounds.daemon, self.origin)):
+                self.sweep_due = False
         return []
-
-    async def cancel_unrecorded(self) -> None:
-        """This babysitd's jobs that no live record knows are cancelled: babysit never leaves a job it does
-        not track."""
-        for job in await self.slurm.by_name_prefix(job_name("")):
-            if not recorded(job, self.rounds.daemon, self.origin):
-                log.warning("cancelling slurm job %s (%s): babysit has no record of it", job.key, job.name)
-                await self.slurm.cancel(job.key, "KILL")
-        self.sweep_due = False
 
     async def tidy(self, known: set[str]) -> None:
         """Nothing stays behind a finished job but its output file, which is its log."""
@@ -330,7 +356,8 @@ class SlurmExecutor:
         await self.rounds.look()
         await self.refresh_room()
         if self.sweep_due:
-            await self.cancel_unrecorded()
+            await cancel_unrecorded(self.slurm, self.rounds.daemon, self.origin)
+            self.sweep_due = False
 
     async def refresh_room(self) -> None:
         nodes = await self.slurm.nodes(self.config.slurm_partition or None)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal as signals
 import time
 from pathlib import Path
 
@@ -125,7 +126,36 @@ class SystemdExecutor:
         return task.with_(state=State.RUNNING, started_at=time.time(), output_file=output)
 
     async def stop(self, task: Task) -> None:
-        await self.systemd.stop_unit(unit_name(task.name))
+        await self.systemd.stop_unit(unit_name(task.name))  # KillSignal and TimeoutStopSec are the task's
+
+    async def signal(self, task: Task, signal: str) -> bool:
+        try:
+            await self.systemd.kill_unit(unit_name(task.name), int(signals.Signals[signal]))
+        except DBusError as e:
+            log.warning("could not send %s to %s: %s", signal, task.name, e.text)
+            return False
+        return True
+
+    async def hold(self, task: Task, held: bool) -> None:
+        return None  # queued tasks wait in babysit's own queue
+
+    async def pause(self, task: Task, paused: bool) -> str:
+        """FreezeUnit; where systemd cannot freeze (cgroup v1 has no freezer for it), SIGSTOP to every process,
+        as pueue pauses (a process may notice: its children's SIGCHLD, a terminal's job control)."""
+        unit = unit_name(task.name)
+        if not paused:
+            if task.paused_by == "freeze":
+                await self.systemd.freeze_unit(unit, False)
+            else:
+                await self.systemd.kill_unit(unit, signals.SIGCONT)
+            return ""
+        try:
+            await self.systemd.freeze_unit(unit, True)
+            return "freeze"
+        except DBusError as e:
+            log.info("systemd cannot freeze %s (%s): pausing it with SIGSTOP", unit, e.text)
+        await self.systemd.kill_unit(unit, signals.SIGSTOP)
+        return "SIGSTOP"
 
     async def set_caps(self, task: Task, was: Caps) -> Caps:
         # the Description carries the estimates, for a daemon that has to take the unit up without records

@@ -135,6 +135,14 @@ class Systemd:
     async def stop_unit(self, unit: str) -> None:
         await self.call(MANAGER_PATH, MANAGER, "StopUnit", "ss", [unit, "replace"])
 
+    async def kill_unit(self, unit: str, signo: int) -> None:
+        """A signal to every process of the unit (the main one and its children)."""
+        await self.call(MANAGER_PATH, MANAGER, "KillUnit", "ssi", [unit, "all", signo])
+
+    async def freeze_unit(self, unit: str, frozen: bool) -> None:
+        """FreezeUnit or ThawUnit: the cgroup v2 freezer (NotSupported where the unit's cgroup has none)."""
+        await self.call(MANAGER_PATH, MANAGER, "FreezeUnit" if frozen else "ThawUnit", "s", [unit])
+
     async def reset_failed_unit(self, unit: str) -> None:
         await self.call(MANAGER_PATH, MANAGER, "ResetFailedUnit", "s", [unit])
 

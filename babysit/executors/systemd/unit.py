@@ -4,6 +4,7 @@ them), and a unit read back into a task's spec and caps when babysit has no reco
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -96,7 +97,8 @@ def start_properties(task: Task, stop_grace_s: float, stop_post: tuple[str, list
         # was down when it ended
         "ExecStopPost": [stop_post],
         "KillMode": "control-group",
-        "TimeoutStopUSec": int(stop_grace_s * USEC),
+        "KillSignal": int(signal.Signals[spec.stopping.signal]),
+        "TimeoutStopUSec": int(spec.stopping.grace(stop_grace_s) * USEC),
         "MemoryAccounting": True,
         "CPUAccounting": True,
         "TasksAccounting": True,
