@@ -56,7 +56,8 @@ def running_row(task: dict[str, Any], now: float) -> list[Any]:
     mem, mem_est, mem_cap = task["mem_bytes"], task["estimated_mem_bytes"], task["memory_max_bytes"]
     cpu, cpu_est, cpu_cap = task["cpu_cores"], task["estimated_cpu_cores"], task["cpu_quota_pct"] / 100
     return [
-        shown_name(task), Text("paused", style="blue") if task.get("paused_since") else Text("running", style="yellow"),
+        shown_name(task),
+        Text("paused", style="blue") if task.get("paused_since") else Text("running", style="yellow"),
         Text.assemble(bar(mem, mem_est, mem_cap, BAR), f" {short(mem)}/{short(mem_est)}"),
         Text.assemble(bar(cpu, cpu_est, cpu_cap, 5), f" {cpu:.1f}/{cpu_est:g}"),
         Text(format_duration(max(0.0, left)), style="red" if left < 0.1 * task["kill_timeout_s"] else ""),

@@ -60,17 +60,21 @@ def result(task: Task, now: float) -> dict[str, Any]:
 
 
 def control(task: Task) -> dict[str, Any]:
-    """What queue control and stops add, where they apply: priority, a hold, the signals babysit sent."""
-    spec = task.spec
-    return ({"priority": spec.priority} if spec.priority else {}) | ({"held": True} if task.held else {}) | (
-        {"signals": [{"signal": s.signal, "at": timestamp(s.at), "why": s.why} for s in task.signals]}
-        if task.signals else {}) | (
-        {"stop_signal": spec.stopping.signal} if spec.stopping.signal != "SIGTERM" else {}) | (
-        {"stop_grace_s": spec.stopping.grace_s} if spec.stopping.grace_s else {}) | (
-        {"warn_signal": f"{spec.stopping.warn_signal}@{format_duration(spec.stopping.warn_before_s)}"}
-        if spec.stopping.warn_signal else {}) | (
-        {"paused_since": timestamp(task.paused_at), "paused_by": task.paused_by} if task.paused_at else {}) | (
-        {"paused_s": round(task.paused_s, 3)} if task.paused_s else {})
+    """What queue control and stops add, where they apply: priority, a hold, a pause, the signals babysit sent."""
+    spec, stopping, paused = task.spec, task.spec.stopping, task.paused_at is not None
+    shown = {
+        "priority": spec.priority or None,
+        "held": task.held or None,
+        "signals": [{"signal": s.signal, "at": timestamp(s.at), "why": s.why} for s in task.signals] or None,
+        "stop_signal": stopping.signal if stopping.signal != "SIGTERM" else None,
+        "stop_grace_s": stopping.grace_s or None,
+        "warn_signal": f"{stopping.warn_signal}@{format_duration(stopping.warn_before_s)}"
+        if stopping.warn_signal else None,
+        "paused_since": timestamp(task.paused_at) if paused else None,
+        "paused_by": task.paused_by if paused else None,
+        "paused_s": round(task.paused_s, 3) or None,
+    }
+    return {key: value for key, value in shown.items() if value is not None}
 
 
 def status(task: Task, now: float) -> dict[str, Any]:

@@ -235,8 +235,8 @@ def stopping_from_wire(wire: Mapping[str, Any]) -> Stopping:
     stop_signal = _get(wire, "stop_signal", (str,)) or "SIGTERM"
     warn = _get(wire, "warn_signal", (str,)) or ""
     warn_signal, warn_before_s = parse_warn_signal(warn) if warn else ("", 0.0)
-    grace_s = _duration(wire, "stop_grace", 0.0) if wire.get("stop_grace") else 0.0
-    return Stopping(parse_signal(stop_signal, "stop_signal"), grace_s, warn_signal, warn_before_s)
+    return Stopping(parse_signal(stop_signal, "stop_signal"), _duration(wire, "stop_grace", 0.0), warn_signal,
+                    warn_before_s)
 
 
 def _words(wire: Mapping[str, Any], key: str) -> str | None:

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -96,10 +96,7 @@ class Scheduler:
 
     async def kill(self, name: str) -> None:
         """Graceful stop of a running task, or removal of a queued one; of every live member, for a sweep."""
-        members = self.workflows.live_members(name)
-        for member in members:
-            await self.kill(member.name)
-        if members:
+        if await self.each_member(name, lambda member: self.kill(member.name)):
             return
         task = self.ledger.live(name)
         if task.in_babysits_queue:
@@ -110,10 +107,7 @@ class Scheduler:
     async def adjust(self, name: str, changes: Mapping[str, Any]) -> None:
         """New estimates for a queued or running task (every live member of a sweep); a running unit's caps
         change live."""
-        members = self.workflows.live_members(name)
-        for member in members:
-            await self.adjust(member.name, changes)
-        if members:
+        if await self.each_member(name, lambda member: self.adjust(member.name, changes)):
             return
         task = self.ledger.live(name)
         fixed = sorted(set(changes) - set(ADJUSTABLE_FIELDS))
@@ -141,11 +135,8 @@ class Scheduler:
 
     async def hold(self, name: str, held: bool) -> None:
         """Keep a queued task (every queued member, for a sweep) from being admitted, or let it go again."""
-        members = self.workflows.live_members(name)
-        for member in members:
-            if member.state == State.QUEUED:
-                await self.hold(member.name, held)
-        if members:
+        if await self.each_member(name, lambda member: self.hold(member.name, held),
+                                  lambda member: member.state == State.QUEUED):
             return
         task = self.ledger.live(name)
         if task.state != State.QUEUED:
@@ -158,11 +149,8 @@ class Scheduler:
 
     async def pause(self, name: str, paused: bool) -> None:
         """Freeze a running task (every running member, for a sweep), or thaw it."""
-        members = self.workflows.live_members(name)
-        for member in members:
-            if member.state == State.RUNNING and (member.paused_at is None) == paused:
-                await self.pause(member.name, paused)
-        if members:
+        if await self.each_member(name, lambda member: self.pause(member.name, paused), lambda member: (
+                member.state == State.RUNNING and (member.paused_at is None) == paused)):
             return
         task = self.ledger.live(name)
         if task.state != State.RUNNING or task.kill_requested:
@@ -170,6 +158,15 @@ class Scheduler:
         if (task.paused_at is not None) == paused:
             raise InvalidArgument(f"{name} is {'already' if paused else 'not'} paused")
         await (self.supervisor.pause(task) if paused else self.supervisor.resume(task))
+
+    async def each_member(self, name: str, act: Callable[[Task], Awaitable[None]],
+                          which: Callable[[Task], bool] = lambda member: True) -> bool:
+        """A verb given a sweep's name acts on each live member `which` picks; whether `name` is a sweep's."""
+        members = self.workflows.live_members(name)
+        for member in members:
+            if which(member):
+                await act(member)
+        return bool(members)
 
     async def drain(self, on: bool) -> None:
         """Stop admitting queued tasks (running ones go on), or admit them again."""

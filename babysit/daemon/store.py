@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     usage TEXT NOT NULL,
     job TEXT,  -- babysit.core.task.Job, as JSON
     output TEXT,  -- Task.output_file
-    control TEXT  -- Task.held and Task.signals, as JSON
+    control TEXT  -- Task.held, .signals and its pause (paused_at, paused_by, paused_s), as JSON
 );
 -- babysitd's own settings that outlive it (draining)
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
