@@ -79,9 +79,10 @@ def shown_name(task: dict[str, Any]) -> str:
 
 
 def queued_line(task: dict[str, Any]) -> Text:
-    """A queued task: its place, what it waits for, and what it asks."""
+    """A queued task: its place (and priority, where it has one), what it waits for, and what it asks."""
+    priority = f" priority {task['priority']}" if task.get("priority") else ""
     return Text.assemble(
-        (f"#{task.get('queue_position', '?')} ", "cyan"), shown_name(task),
+        (f"#{task.get('queue_position', '?')} ", "cyan"), shown_name(task), (priority, "magenta"),
         f"  waiting: {task.get('waiting_for', 'its turn')}; asks {short(task['estimated_mem_bytes'])}, "
         f"{task['estimated_cpu_cores']:g} cores", overflow="ellipsis", no_wrap=True)
 
@@ -106,6 +107,8 @@ def board(tasks: list[dict[str, Any]], capacity: dict[str, Any], now: float) -> 
     for task in running:
         table.add_row(*running_row(task, now))
     parts: list[Any] = [head]
+    if capacity.get("draining"):
+        parts.append(Text("admission is drained: nothing queued starts until babysit undrain", style="red"))
     if running:
         parts.append(table)
     if queued:

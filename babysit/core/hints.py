@@ -24,6 +24,8 @@ def suggested(task: Task) -> dict[str, str]:
     e, u = task.spec.estimates, task.usage
     reason = task.outcome.kill_reason if task.outcome else None
     past = task.outcome.history if task.outcome else None
+    if reason == KillReason.TIMEOUT and paused_too_long(task):
+        return {}  # a longer estimate would not have helped: the pause used up the backstop's room
     if reason == KillReason.TIMEOUT:
         longest = max(elapsed_s(task) or e.kill_timeout_s, past.high if past else 0)
         return {"estimated_time": format_duration(2 * longest)}
@@ -50,6 +52,10 @@ def kill_hint(task: Task) -> str:
     if reason == KillReason.DEPENDENCY:
         detail = task.outcome.detail if task.outcome else ""
         return f"never started: {detail}; see why with babysit status, fix it, then run the chain again"
+    if reason == KillReason.TIMEOUT and (paused := paused_too_long(task)):
+        return (f"paused for {format_duration(paused)}, and a pause does not move the backstop fixed at its "
+                f"start ({format_duration(task.caps.runtime_max_s)} after it, about 2x kill_timeout): resume it "
+                f"sooner (babysit resume --name={name}), or give it a larger --kill_timeout for more room")
     if reason == KillReason.TIMEOUT:
         elapsed = elapsed_s(task) or e.kill_timeout_s
         return (f"ran {format_duration(elapsed)} vs estimate {format_duration(e.time_s)}, hit kill_timeout "
@@ -75,7 +81,18 @@ def kill_hint(task: Task) -> str:
     return ""
 
 
+def paused_too_long(task: Task) -> float:
+    """How long a task stopped at its timeout had been paused, where its pauses, not its kill_timeout, ended it
+    (it had run less than its kill_timeout when its stop was sent); 0.0 otherwise."""
+    stops = [sent.at for sent in task.signals if sent.is_stop]
+    if not (task.paused_s and stops and task.started_at):
+        return 0.0
+    ran = stops[0] - task.started_at - task.paused_s
+    return task.paused_s if ran < task.spec.estimates.kill_timeout_s - 0.5 else 0.0
+
+
 def elapsed_s(task: Task) -> float | None:
+    """How long the task ran, its pauses left out (what its kill_timeout counted)."""
     if task.started_at is None:
         return None
-    return (task.finished_at or task.started_at) - task.started_at
+    return (task.finished_at or task.started_at) - task.started_at - task.paused_s

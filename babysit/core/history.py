@@ -58,7 +58,8 @@ def past_run(task: Task, p95_cpu_cores: float | None) -> PastRun:
     """A finished run's figures, from its record and its timeline's p95 CPU (a run too short for a
     timeline has only its mean)."""
     e, o, usage = task.spec.estimates, task.outcome, task.usage
-    elapsed = task.finished_at - task.started_at if task.started_at and task.finished_at else None
+    # the time it ran, its pauses left out: what the next run's time estimate should cover
+    elapsed = task.finished_at - task.started_at - task.paused_s if task.started_at and task.finished_at else None
     if p95_cpu_cores is None and usage.cpu_seconds is not None and elapsed:
         p95_cpu_cores = usage.cpu_seconds / elapsed
     w = task.spec.workflow

@@ -166,7 +166,7 @@ WORKFLOW_KEYS = ("after", "attempt", "attempts", "next_attempt", "retry", "group
 DRAINED = "babysit undrain (admission is drained)"
 # ... and what queue control and stops add, where they apply (core.report.control)
 CONTROL_KEYS = ("priority", "held", "signals", "stop_signal", "stop_grace_s", "warn_signal", "paused_since",
-                "paused_by", "paused_s")
+                "paused_by", "backstop_at", "paused_s")
 # `babysit history`'s keys, in order
 HISTORY_KEYS = (
     "name", "run_id", "status", "kill_reason", "exit_code", "submitted_at", "elapsed_s", "peak_mem_bytes",

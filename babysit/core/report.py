@@ -72,6 +72,8 @@ def control(task: Task) -> dict[str, Any]:
         if stopping.warn_signal else None,
         "paused_since": timestamp(task.paused_at) if paused else None,
         "paused_by": task.paused_by if paused else None,
+        # a pause does not move the executor's backstop: babysit stops a task still paused just before it
+        "backstop_at": timestamp(task.started_at + task.caps.runtime_max_s) if paused and task.started_at else None,
         "paused_s": round(task.paused_s, 3) or None,
     }
     return {key: value for key, value in shown.items() if value is not None}

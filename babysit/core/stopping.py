@@ -12,6 +12,7 @@ from babysit.core.quantities import parse_duration
 
 # a stop or warning that cannot reach the task, or that would only pause it, is no stop
 NOT_STOPS = frozenset({"SIGSTOP", "SIGCONT", "SIGTSTP", "SIGTTIN", "SIGTTOU"})
+STOP = "stop: "  # how a stop is recorded among the signals sent, before its reason
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,14 @@ class Sent:
     signal: str
     at: float  # wall clock
     why: str  # "kill_timeout in 30s", "stop: timeout", ...
+
+    @classmethod
+    def stop(cls, signal: str, at: float, reason: str) -> Sent:
+        return cls(signal, at, f"{STOP}{reason}")
+
+    @property
+    def is_stop(self) -> bool:
+        return self.why.startswith(STOP)
 
 
 def parse_signal(text: str, key: str) -> str:

@@ -28,6 +28,7 @@ PAST = 0.001  # the elapsed warning fires this long after the estimate, so it is
 Stop = Callable[[Task, KillReason], Coroutine[Any, Any, None]]  # the supervisor's stop
 Send = Callable[[Task, str, str], Coroutine[Any, Any, None]]  # the supervisor's send: a warning signal
 WARNED_AHEAD = "kill_timeout in "  # how a warning before the kill_timeout stop is recorded
+BACKSTOP_LEAD_S = 5.0  # babysit's own stop comes this long before its executor's backstop would
 
 
 class Deadlines:
@@ -46,24 +47,32 @@ class Deadlines:
         All on the monotonic clock (asyncio's own): a wall-clock step neither ends a task early nor lets a
         silent one run on, and a suspend is not silence. The start is placed on that clock once, from how
         long ago it started (a restarted babysitd knows only that), less the time it spent paused.
+
+        Its pauses do not move the executor's backstop (systemd cannot move RuntimeMaxSec on a running
+        unit), so babysit stops the task itself just before the backstop would (the same signal and grace,
+        but thawed first, and said why): the only deadline of a paused task, and the latest its kill_timeout
+        can fall after long pauses.
         """
         watch.disarm()
         loop, now, e = asyncio.get_running_loop(), time.monotonic(), task.spec.estimates
+        running_s = max(0.0, time.time() - (task.started_at or time.time()))
+        backstop = now - running_s + task.caps.runtime_max_s - BACKSTOP_LEAD_S
         if watch.started is None:  # (its pauses do not count: resume moves the start by each)
-            watch.started = now - max(0.0, time.time() - (task.started_at or time.time()) - task.paused_s)
-        if task.paused_at is not None:  # nothing is due while it is paused: resume arms it again
+            watch.started = now - max(0.0, running_s - task.paused_s)
+        if task.paused_at is not None:  # nothing else is due while it is paused: resume arms it again
             if watch.paused_since is None:
                 watch.paused_since = now - max(0.0, time.time() - task.paused_at)
+            watch.timeout_timer = loop.call_later(max(0.0, backstop - now), self.on_timeout, task.id)
             return
         watch.last_output_at = max(watch.last_output_at, watch.started)
-        watch.timeout_timer = loop.call_later(max(0.0, watch.started + e.kill_timeout_s - now), self.on_timeout,
-                                              task.id)
+        stop_at = min(watch.started + e.kill_timeout_s, backstop)
+        watch.timeout_timer = loop.call_later(max(0.0, stop_at - now), self.on_timeout, task.id)
         if "elapsed" not in watch.policy.warned:
             watch.estimate_timer = loop.call_later(max(0.0, watch.started + e.time_s - now) + PAST,
                                                    self.on_estimate_passed, task.id)
         watch.stall_timer = loop.call_later(max(0.0, watch.last_output_at + e.observability_interval_s - now),
                                             self.on_stall_check, task.id)
-        warn_at = task.spec.stopping.warn_at(e.kill_timeout_s)
+        warn_at = task.spec.stopping.warn_at(stop_at - watch.started)
         if warn_at is not None and not any(s.why.startswith(WARNED_AHEAD) for s in task.signals):
             watch.warn_timer = loop.call_later(max(0.0, watch.started + warn_at - now), self.on_warn, task.id)
 

@@ -73,24 +73,33 @@ class Supervisor:
 
     async def stop(self, task: Task, reason: KillReason) -> None:
         """A graceful stop babysit decided on: remembered first, so a restart still knows why."""
-        sent = (Sent(task.spec.stopping.signal, time.time(), f"stop: {reason}"),) if task.state == State.RUNNING else ()
+        sent = (Sent.stop(task.spec.stopping.signal, time.time(), reason),) if task.state == State.RUNNING else ()
         task = self.ledger.save(task.with_(kill_requested=reason, signals=task.signals + sent))
         if task.paused_at is not None:  # a frozen process could not act on its stop signal
             with carry_on(f"thawing {task.name} to stop it"):
-                await self.executor.pause(task, False)
+                task = await self.thaw(task)
         await self.executor.stop(task)
 
     async def pause(self, task: Task) -> Task:
         """Freeze a running task; its deadlines and 2x windows stand still until it is resumed."""
         how = await self.executor.pause(task, True)
         watch = self.watch(task.id)
-        watch.disarm()
         watch.paused_since = time.monotonic()
         log.info("paused %s (%s)", task.name, how)
-        return self.ledger.save(task.with_(paused_at=time.time(), paused_by=how))
+        task = self.ledger.save(task.with_(paused_at=time.time(), paused_by=how))
+        self.arm(task)
+        return task
 
     async def resume(self, task: Task) -> Task:
         """Thaw a paused task: its deadlines go on from where they stood, its 2x windows start afresh."""
+        task = await self.thaw(task)
+        watch = self.watch(task.id)
+        watch.policy = replace(watch.policy, over_2x_since={})
+        self.arm(task)
+        return task
+
+    async def thaw(self, task: Task) -> Task:
+        """Thaw a paused task and count its pause; its clocks move past the pause."""
         await self.executor.pause(task, False)
         watch = self.watch(task.id)
         paused = time.monotonic() - watch.paused_since if watch.paused_since is not None else 0.0
@@ -98,11 +107,8 @@ class Supervisor:
             watch.started += paused
         watch.last_output_at += paused
         watch.paused_since = None
-        watch.policy = replace(watch.policy, over_2x_since={})
-        log.info("resumed %s after %.1fs", task.name, paused)
-        task = self.ledger.save(task.with_(paused_at=None, paused_by="", paused_s=task.paused_s + paused))
-        self.arm(task)
-        return task
+        log.info("thawed %s after %.1fs paused", task.name, paused)
+        return self.ledger.save(task.with_(paused_at=None, paused_by="", paused_s=task.paused_s + paused))
 
     async def send(self, task: Task, signal: str, why: str) -> None:
         """A warning signal to a running task, kept in its record (its terminal JSON lists it)."""

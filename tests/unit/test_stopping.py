@@ -81,3 +81,23 @@ def test_the_result_lists_the_signals_sent_and_the_stop_settings() -> None:
                     {"signal": "SIGTERM", "at": "1970-01-01T00:00:08.000+00:00", "why": "stop: timeout"}]}
     plain = spec_from_wire({"name": "t", "command": "true"}, HOST)
     assert not set(CONTROL_KEYS) & set(report.result(Task(2, plain, derive_caps(plain, HOST), State.QUEUED, 0.0), 1))
+
+
+def test_a_pause_that_used_up_the_backstop_is_told_apart_from_a_kill_timeout() -> None:
+    from babysit.core.hints import kill_hint, suggested
+    from babysit.core.outcome import Outcome
+    from babysit.core.protocol import KillReason
+
+    spec = spec_from_wire({"name": "t", "command": "true", "kill_timeout": "10m"}, HOST)
+    caps = derive_caps(spec, HOST)  # the backstop: 2 x 10 min + 60 s after the start
+    paused = Task(1, spec, caps, State.RUNNING, 0.0, started_at=100.0, paused_at=160.0, paused_by="freeze")
+    assert report.control(paused)["backstop_at"] == "1970-01-01T00:22:40.000+00:00"
+    ended = Outcome(State.KILLED, kill_reason=KillReason.TIMEOUT)
+    # stopped 5 s before the backstop, after 60 s of running and the rest paused
+    cut = paused.with_(state=State.KILLED, outcome=ended, paused_at=None, paused_s=1295.0, finished_at=1400.0,
+                       signals=(Sent.stop("SIGTERM", 1355.0, "timeout"),))
+    assert kill_hint(cut).startswith("paused for 21m35s, and a pause does not move the backstop"), kill_hint(cut)
+    assert suggested(cut) == {} and "backstop_at" not in report.control(cut)
+    # resumed in time, it ran its whole kill_timeout: a timeout like any other
+    whole = cut.with_(paused_s=60.0, finished_at=780.0, signals=(Sent.stop("SIGTERM", 760.0, "timeout"),))
+    assert kill_hint(whole).startswith("ran 10m20s vs estimate") and suggested(whole) == {"estimated_time": "20m40s"}

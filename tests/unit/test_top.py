@@ -59,3 +59,15 @@ def test_a_chain_step_says_what_it_waits_for_and_a_retried_task_its_attempt() ->
     assert any("train-4 2/3" in line for line in lines), lines
     evaluate = next(line for line in lines if "evaluate" in line)
     assert evaluate.strip().startswith("#1 evaluate  waiting: train-4 to complete (running now)"), evaluate
+
+
+def test_queue_control_shows_a_priority_a_pause_and_draining() -> None:
+    paused = {**RUNNING, "paused_since": datetime.fromtimestamp(NOW - 100, UTC).isoformat(), "paused_s": 50.0}
+    console = Console(width=80, record=True, color_system=None)
+    console.print(board([paused, {**QUEUED, "priority": 5}], {**CAPACITY, "draining": True}, NOW))
+    lines = console.export_text().splitlines()
+    assert lines[1] == "admission is drained: nothing queued starts until babysit undrain", lines
+    train = next(line for line in lines if "train-4" in line)
+    assert "paused" in train and "15m50s" in train  # 400 s since its start, 150 s of it paused
+    prep = next(line for line in lines if "prep" in line)
+    assert prep.strip().startswith("#1 prep priority 5  waiting: not enough memory"), prep
