@@ -150,13 +150,13 @@ class Client:
         await self.call("AddMatch", "s", [rule], destination=DBUS, path="/org/freedesktop/DBus", interface=DBUS)
 
     async def wait_for_capacity(self, mem_bytes: int, cpu_cores: float, timeout: float | None,
-                                recheck_s: float = 2.0) -> bool:
+                                gpus: int = 0, gpu_mem_bytes: int = 0, recheck_s: float = 2.0) -> bool:
         """True once a task with these estimates would be admitted now; False at the timeout.
 
         Woken by the daemon's CapacityChanged; memory freed outside babysit sends no signal, so the
         figures are also read again every `recheck_s`.
         """
-        from babysit.core.capacity import fits  # the capacity model only for this verb: the others start faster
+        from babysit.core.capacity import Room, fits  # the capacity model only for this verb: the others start faster
 
         changed = asyncio.Event()
 
@@ -171,7 +171,7 @@ class Client:
         while True:
             changed.clear()
             (capacity,) = await self.call("Capacity")
-            if fits(capacity, mem_bytes, cpu_cores).admit:
+            if fits(capacity, Room(mem_bytes, cpu_cores, gpus, gpu_mem_bytes)).admit:
                 return True
             left = recheck_s if deadline is None else min(recheck_s, deadline - time.monotonic())
             if left <= 0:

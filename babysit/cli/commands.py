@@ -141,6 +141,9 @@ def run(
     warn_signal: str = typer.Option(None, "--warn_signal", "--warn-signal",
                                     help="SIG@DURATION, e.g. SIGUSR1@5m: sent that long before a kill_timeout stop, "
                                          "and when a 2x window opens: time to save work"),
+    gpus: int = typer.Option(None, "--gpus", help="GPUs of its own (CUDA_VISIBLE_DEVICES by UUID)"),
+    estimated_gpu_mem_bytes: str = typer.Option(None, "--estimated_gpu_mem_bytes", "--estimated-gpu-mem-bytes",
+                                                help="memory it uses on each GPU, e.g. 20G (default 4G)"),
 ) -> None:
     """Start a supervised task in the background (non-blocking); a chain step with --after, a sweep with --array.
 
@@ -153,7 +156,8 @@ def run(
         "cpu_pct_limit": cpu_pct_limit, "estimated_mem_bytes": estimated_mem_bytes,
         "estimated_cpu_cores": estimated_cpu_cores, "buffering": buffering, "after": after, "retries": retries,
         "retry_on": retry_on, "array": array, "priority": priority, "stop_signal": stop_signal,
-        "stop_grace": stop_grace, "warn_signal": warn_signal,
+        "stop_grace": stop_grace, "warn_signal": warn_signal, "gpus": gpus,
+        "estimated_gpu_mem_bytes": estimated_gpu_mem_bytes,
     })
 
     async def submit(c: Client) -> tuple[str, str | None]:
@@ -245,6 +249,8 @@ def wait_for_capacity(
     mem_bytes: str = typer.Option(..., "--mem_bytes", "--mem-bytes", help="memory estimate, e.g. 4G"),
     cpu_cores: float = typer.Option(..., "--cpu_cores", "--cpu-cores", help="CPU estimate in cores"),
     timeout: str = typer.Option(None, "--timeout", help="give up after this long, e.g. 10m"),
+    gpus: int = typer.Option(0, "--gpus", help="GPUs of its own"),
+    gpu_mem_bytes: str = typer.Option(None, "--gpu_mem_bytes", "--gpu-mem-bytes", help="free on each GPU, e.g. 20G"),
 ) -> None:
     """Block until a task with these estimates would be admitted now; exit 1 on timeout.
 
@@ -252,11 +258,12 @@ def wait_for_capacity(
     """
     try:
         mem, limit = parse_size(mem_bytes), parse_duration(timeout) if timeout else None
+        gpu_mem = parse_size(gpu_mem_bytes) if gpu_mem_bytes else 0
     except BabysitError as e:
         raise fail(f"babysit: {e}", e.exit_code) from None
-    if cpu_cores <= 0:
-        raise fail("babysit: --cpu_cores must be more than 0", ExitCode.USAGE)
-    if not call(lambda c: c.wait_for_capacity(mem, cpu_cores, limit)):
+    if cpu_cores <= 0 or gpus < 0:
+        raise fail("babysit: --cpu_cores must be more than 0, and --gpus not below 0", ExitCode.USAGE)
+    if not call(lambda c: c.wait_for_capacity(mem, cpu_cores, limit, gpus, gpu_mem)):
         raise fail(f"babysit: no room for {mem_bytes} / {cpu_cores:g} cores within {timeout}", ExitCode.NEGATIVE)
     typer.echo("capacity: available")
 
@@ -298,7 +305,7 @@ def status(name: str = Name, as_json: bool = typer.Option(False, "--json", help=
 
 STATE_STYLE = {"queued": "cyan", "held": "cyan", "running": "yellow", "paused": "blue", "completed": "green",
                "failed": "red", "killed": "red", "unknown": "magenta"}
-COLUMNS = ("name", "state", "elapsed/est", "mem now/peak/est", "cpu/est", "since output")
+COLUMNS = ("name", "state", "elapsed/est", "mem now/peak/est", "cpu/est (gpu mem/est)", "since output")
 
 
 def row(task: dict[str, Any]) -> tuple[str, ...]:
@@ -309,7 +316,9 @@ def row(task: dict[str, Any]) -> tuple[str, ...]:
         f"{format_duration(elapsed) if elapsed else '-'}/{format_duration(task['estimated_time_s'])}",
         f"{format_size(task['mem_bytes'])}/{format_size(task['peak_mem_bytes'])}/"
         f"{format_size(task['estimated_mem_bytes'])}",
-        f"{task['cpu_cores']:.1f}/{task['estimated_cpu_cores']:g}",
+        f"{task['cpu_cores']:.1f}/{task['estimated_cpu_cores']:g}" + (
+            f" · {task['gpus']} GPU {format_size(task.get('gpu_mem_bytes') or 0)}/"
+            f"{format_size(task['estimated_gpu_mem_bytes'])}" if task.get("gpus") else ""),
         f"{task['silent_s']:.0f}s" if task["status"] == "running" else "-",
     )
 
@@ -406,9 +415,10 @@ def estimate(
     name: str = Name,
     command: str = typer.Option(..., "--command", help="the command `run` would be given"),
     cwd: str = typer.Option(None, "--cwd", help="working directory (default: the current one)"),
+    gpus: int = typer.Option(None, "--gpus", help="as `run` would be given: its GPU memory is learnt too"),
 ) -> None:
     """The estimates `run` would take from earlier runs, as JSON; nothing runs. Example: babysit estimate --name=train --command='python train.py'"""
-    spec = variant_dict({"name": name, "command": command, "cwd": os.path.abspath(cwd or os.getcwd())})
+    spec = variant_dict({"name": name, "command": command, "cwd": os.path.abspath(cwd or os.getcwd()), "gpus": gpus})
     print_json(call(lambda c: c.call("Estimate", "a{sv}", [spec]))[0])
 
 
@@ -441,6 +451,7 @@ def adjust(
     kill_timeout: str = typer.Option(None, "--kill_timeout", "--kill-timeout"),
     observability_interval: str = typer.Option(None, "--observability_interval", "--observability-interval"),
     priority: int = typer.Option(None, "--priority", help="a queued task's place: higher goes first"),
+    estimated_gpu_mem_bytes: str = typer.Option(None, "--estimated_gpu_mem_bytes", "--estimated-gpu-mem-bytes"),
 ) -> None:
     """Change the estimates (or the priority) of a queued or running task; caps of a running unit change live.
 
@@ -448,7 +459,8 @@ def adjust(
     """
     changes = variant_dict({"estimated_mem_bytes": estimated_mem_bytes, "estimated_cpu_cores": estimated_cpu_cores,
                             "estimated_time": estimated_time, "kill_timeout": kill_timeout,
-                            "observability_interval": observability_interval, "priority": priority})
+                            "observability_interval": observability_interval, "priority": priority,
+                            "estimated_gpu_mem_bytes": estimated_gpu_mem_bytes})
     if not changes:
         raise fail("babysit: adjust needs at least one estimate to change", ExitCode.USAGE)
     call(lambda c: c.call("Adjust", "sa{sv}", [name, changes]))
@@ -633,13 +645,15 @@ def _relay(journal: subprocess.Popen, cursor: dict[str, str], out: Output) -> No
 def ping() -> None:
     """Is babysitd up? `pong <version>`, or exit 1 (never starts it, never hangs). Example: babysit ping"""
 
-    async def ping_and_check(c: Client) -> tuple[str, list[str]]:
+    async def ping_and_check(c: Client) -> tuple[str, dict[str, Any]]:
         (version,) = await c.call("Ping", autostart=False, timeout=5, patient=False)
         (capacity,) = await c.call("Capacity", autostart=False, timeout=5, patient=False)
-        return version, capacity.get("warnings", [])
+        return version, capacity
 
-    version, warnings = call(ping_and_check, first_use=False)
+    version, capacity = call(ping_and_check, first_use=False)
     typer.echo(f"pong {version}")
+    typer.echo(f"gpus: {capacity.get('gpu_note') or 'none'}")
+    warnings = capacity.get("warnings", [])
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
 

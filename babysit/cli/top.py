@@ -55,8 +55,10 @@ def running_row(task: dict[str, Any], now: float) -> list[Any]:
     interval = task["observability_interval_s"]
     mem, mem_est, mem_cap = task["mem_bytes"], task["estimated_mem_bytes"], task["memory_max_bytes"]
     cpu, cpu_est, cpu_cap = task["cpu_cores"], task["estimated_cpu_cores"], task["cpu_quota_pct"] / 100
+    gpu = (f" gpu {short(task.get('gpu_mem_bytes') or 0)}/{short(task['estimated_gpu_mem_bytes'])}"
+           if task.get("gpus") else "")
     return [
-        shown_name(task),
+        shown_name(task) + gpu,
         Text("paused", style="blue") if task.get("paused_since") else Text("running", style="yellow"),
         Text.assemble(bar(mem, mem_est, mem_cap, BAR), f" {short(mem)}/{short(mem_est)}"),
         Text.assemble(bar(cpu, cpu_est, cpu_cap, 5), f" {cpu:.1f}/{cpu_est:g}"),

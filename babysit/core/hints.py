@@ -32,6 +32,9 @@ def suggested(task: Task) -> dict[str, str]:
     if reason in (KillReason.OOM, KillReason.MEM_2X_SUSTAINED):
         peak = max(u.peak_mem_bytes or u.mem_bytes, task.caps.memory_max_bytes if reason == KillReason.OOM else 0)
         return {"estimated_mem_bytes": size_flag(max(peak, past.high if past else 0) * 1.2)}
+    if reason == KillReason.GPU_MEM_2X_SUSTAINED:
+        return {"estimated_gpu_mem_bytes": size_flag(max(u.peak_gpu_mem_bytes or u.gpu_mem_bytes,
+                                                         past.high if past else 0) * 1.2)}
     if reason == KillReason.CPU_2X_SUSTAINED:
         return {"estimated_cpu_cores": f"{max(1, round(max(u.cpu_cores, past.high if past else 0) + 0.5))}"}
     if reason == KillReason.OBSERVABILITY_STALL:
@@ -66,6 +69,11 @@ def kill_hint(task: Task) -> str:
         return (f"peak {format_size(peak)} vs estimate {format_size(e.mem_bytes)}"
                 f"{earlier(past, 'peaked at', format_size)}: audit memory use (rolling reads, smaller batches), "
                 f"then re-run with {flags}")
+    if reason == KillReason.GPU_MEM_2X_SUSTAINED:
+        peak = u.peak_gpu_mem_bytes or u.gpu_mem_bytes
+        return (f"GPU memory peaked at {format_size(peak)} vs estimate {format_size(e.gpu_mem_bytes)} per GPU"
+                f"{earlier(past, 'peaked at', format_size)}: smaller batches or activation checkpointing, "
+                f"or re-run with {flags}")
     if reason == KillReason.CPU_2X_SUSTAINED:
         return (f"used {u.cpu_cores:.1f} cores vs estimate {e.cpu_cores:g}"
                 f"{earlier(past, 'used', lambda c: f'{c:.1f} cores')}: limit its threads/workers, or "

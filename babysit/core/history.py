@@ -19,7 +19,8 @@ from babysit.core.quantities import format_duration, format_size
 from babysit.core.task import Spread, Task
 from babysit.core.timeline import percentile
 
-ESTIMATE_KEYS = ("estimated_time", "estimated_mem_bytes", "estimated_cpu_cores")  # what can be learned
+# what can be learned (GPU memory only for a task that asks for GPUs)
+ESTIMATE_KEYS = ("estimated_time", "estimated_mem_bytes", "estimated_cpu_cores", "estimated_gpu_mem_bytes")
 LAST_RUNS = 10  # estimates follow the recent runs: a task's needs drift as its code does
 PERCENTILE = 90
 HEADROOM = 1.25
@@ -52,6 +53,7 @@ class PastRun:
     attempt: int | None = None  # of a task retried: which attempt of how many
     attempts: int | None = None
     group: str | None = None  # of a sweep's member: the sweep's name
+    peak_gpu_mem_bytes: int | None = None  # on its busiest GPU, for a run given GPUs
 
 
 def past_run(task: Task, p95_cpu_cores: float | None) -> PastRun:
@@ -66,7 +68,8 @@ def past_run(task: Task, p95_cpu_cores: float | None) -> PastRun:
     return PastRun(task.id, task.name, task.spec.command, task.spec.cwd, task.state,
                    str(o.kill_reason) if o and o.kill_reason else None, o.exit_code if o else None,
                    task.submitted_at, elapsed, usage.peak_mem_bytes, p95_cpu_cores, e.time_s, e.mem_bytes, e.cpu_cores,
-                   w.attempt if w.retries else None, w.attempts if w.retries else None, w.group or None)
+                   w.attempt if w.retries else None, w.attempts if w.retries else None, w.group or None,
+                   usage.peak_gpu_mem_bytes if task.gpus else None)
 
 
 def name_stem(name: str) -> str:
@@ -106,24 +109,27 @@ class Learned:
     time_s: float | None
     mem_bytes: int | None
     cpu_cores: float | None
+    gpu_mem_bytes: int | None = None
 
     def wire(self) -> dict[str, Any]:
         """As `Run` spec fields (only the figures learned)."""
         values = {"estimated_time": self.time_s, "estimated_mem_bytes": self.mem_bytes,
-                  "estimated_cpu_cores": self.cpu_cores}
+                  "estimated_cpu_cores": self.cpu_cores, "estimated_gpu_mem_bytes": self.gpu_mem_bytes}
         return {k: v for k, v in values.items() if v is not None}
 
     def said(self, taken: Sequence[str]) -> str:
         """`3 earlier runs of train: 2h10m, 7.5 GiB, 3.6 cores`, naming only the figures `taken` (wire keys)."""
         shown = {"estimated_time": lambda: format_duration(self.time_s or 0),
                  "estimated_mem_bytes": lambda: format_size(self.mem_bytes),
-                 "estimated_cpu_cores": lambda: f"{self.cpu_cores:g} {'core' if self.cpu_cores == 1 else 'cores'}"}
+                 "estimated_cpu_cores": lambda: f"{self.cpu_cores:g} {'core' if self.cpu_cores == 1 else 'cores'}",
+                 "estimated_gpu_mem_bytes": lambda: f"{format_size(self.gpu_mem_bytes)} per GPU"}
         figures = ", ".join(shown[k]() for k in shown if k in taken)
         return f"{self.runs} earlier {'run' if self.runs == 1 else 'runs'} {self.relation}: {figures}"
 
 
-def learn(kin: Kin, mem_cap_bytes: int, cpu_cap_cores: float) -> Learned:
-    """A high percentile of the kin's figures with headroom, rounded up, above the floors, within the caps."""
+def learn(kin: Kin, mem_cap_bytes: int, cpu_cap_cores: float, gpu_cap_bytes: int | None = None) -> Learned:
+    """A high percentile of the kin's figures with headroom, rounded up, above the floors, within the caps
+    (GPU memory within the largest device's, where the host's GPUs are known)."""
     def high(values: list[float | None]) -> float | None:
         measured = [v for v in values if v is not None]
         return percentile(measured, PERCENTILE) * HEADROOM if measured else None  # type: ignore[operator]
@@ -131,12 +137,14 @@ def learn(kin: Kin, mem_cap_bytes: int, cpu_cap_cores: float) -> Learned:
     time_s = high([r.elapsed_s for r in kin.runs])
     mem = high([r.peak_mem_bytes for r in kin.runs])
     cpu = high([r.p95_cpu_cores for r in kin.runs])
+    gpu = high([r.peak_gpu_mem_bytes for r in kin.runs])
     return Learned(
         runs=len(kin.runs),
         relation=kin.relation,
         time_s=None if time_s is None else max(MIN_TIME_S, float(math.ceil(time_s))),
         mem_bytes=None if mem is None else min(mem_cap_bytes, max(MIN_MEM_BYTES, math.ceil(mem / MiB) * MiB)),
         cpu_cores=None if cpu is None else min(cpu_cap_cores, max(MIN_CPU_CORES, math.ceil(cpu * 10) / 10)),
+        gpu_mem_bytes=None if gpu is None else min(gpu_cap_bytes or 1 << 60, max(MIN_MEM_BYTES, math.ceil(gpu / MiB) * MiB)),
     )
 
 
@@ -151,4 +159,5 @@ KILLING_FIGURE: dict[KillReason, Callable[[PastRun], float | None]] = {
     KillReason.MEM_2X_SUSTAINED: lambda r: r.peak_mem_bytes,
     KillReason.TIMEOUT: lambda r: r.elapsed_s,
     KillReason.CPU_2X_SUSTAINED: lambda r: r.p95_cpu_cores,
+    KillReason.GPU_MEM_2X_SUSTAINED: lambda r: r.peak_gpu_mem_bytes,
 }

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field, replace
 from babysit.core.protocol import KillReason
 from babysit.core.task import Estimates
 
-DIMENSIONS = ("elapsed", "mem", "cpu")
+DIMENSIONS = ("elapsed", "mem", "cpu", "gpu_mem")
+TWICE = (("mem", KillReason.MEM_2X_SUSTAINED), ("cpu", KillReason.CPU_2X_SUSTAINED),
+         ("gpu_mem", KillReason.GPU_MEM_2X_SUSTAINED))
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class Observation:
     at: float  # seconds on a monotonic clock
     mem_bytes: int
     cpu_cores: float
+    gpu_mem_bytes: int = 0  # on its busiest GPU
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,9 @@ class Verdict:
 
 
 def actuals(obs: Observation, est: Estimates) -> dict[str, tuple[float, float]]:
-    """(actual, estimate) per sampled dimension."""
-    return {"mem": (obs.mem_bytes, est.mem_bytes), "cpu": (obs.cpu_cores, est.cpu_cores)}
+    """(actual, estimate) per sampled dimension (GPU memory for a task given GPUs)."""
+    gpu = {"gpu_mem": (obs.gpu_mem_bytes, est.gpu_mem_bytes)} if est.gpus else {}
+    return {"mem": (obs.mem_bytes, est.mem_bytes), "cpu": (obs.cpu_cores, est.cpu_cores)} | gpu
 
 
 def stalled(last_output_at: float, now: float, interval_s: float) -> bool:
@@ -73,14 +77,14 @@ def sample_interval(mem_bytes: int, cpu_cores: float, est: Estimates, tick_s: fl
 
 
 def evaluate(obs: Observation, est: Estimates, memory: Memory, tolerance_s: float) -> Verdict:
-    """Warn the first time the memory or CPU estimate is exceeded; stop a task that is 2x over for the whole
-    tolerance window. (The time estimate, kill_timeout and stalls are deadlines, not samples: see `stalled`.)"""
+    """Warn the first time the memory, CPU or GPU memory estimate is exceeded; stop a task that is 2x over for
+    the whole tolerance window. (The time estimate, kill_timeout and stalls are deadlines, not samples: see `stalled`.)"""
     figures = actuals(obs, est)
     risks = tuple(RunawayRisk(dim, actual, estimate) for dim, (actual, estimate) in figures.items()
                   if actual > estimate and dim not in memory.warned)
     since = dict(memory.over_2x_since)
     kill, opened = None, []
-    for dim, reason in (("mem", KillReason.MEM_2X_SUSTAINED), ("cpu", KillReason.CPU_2X_SUSTAINED)):
+    for dim, reason in ((dim, reason) for dim, reason in TWICE if dim in figures):
         actual, estimate = figures[dim]
         if actual >= 2 * estimate:
             if dim not in since:

@@ -34,6 +34,7 @@ class KillReason(StrEnum):
     OOM = "oom"
     MEM_2X_SUSTAINED = "mem_2x_sustained"
     CPU_2X_SUSTAINED = "cpu_2x_sustained"
+    GPU_MEM_2X_SUSTAINED = "gpu_mem_2x_sustained"  # on one of its GPUs: no cgroup caps GPU memory
     OBSERVABILITY_STALL = "observability_stall"
     PRESSURE = "pressure"
     DEPENDENCY = "dependency"  # never run: a task it was to run after did not end as required
@@ -167,17 +168,19 @@ DRAINED = "babysit undrain (admission is drained)"
 # ... and what queue control and stops add, where they apply (core.report.control)
 CONTROL_KEYS = ("priority", "held", "signals", "stop_signal", "stop_grace_s", "warn_signal", "paused_since",
                 "paused_by", "backstop_at", "paused_s")
+# ... and a task's GPUs, where it asked for some (core.report.gpus)
+GPU_KEYS = ("gpus", "estimated_gpu_mem_bytes", "gpu_uuids", "peak_gpu_mem_bytes")
 # `babysit history`'s keys, in order
 HISTORY_KEYS = (
     "name", "run_id", "status", "kill_reason", "exit_code", "submitted_at", "elapsed_s", "peak_mem_bytes",
     "p95_cpu_cores", "estimated_time_s", "estimated_mem_bytes", "estimated_cpu_cores", "command", "cwd", "attempt",
-    "attempts", "group",
+    "attempts", "group", "peak_gpu_mem_bytes",
 )
 
 
 def terminal_only(report: dict[str, Any]) -> dict[str, Any]:
     """The terminal JSON's keys of a fuller status report."""
-    kept = {*KILL_KEYS, *RESULT_KEYS, *WORKFLOW_KEYS, *CONTROL_KEYS, "detail"}
+    kept = {*KILL_KEYS, *RESULT_KEYS, *WORKFLOW_KEYS, *CONTROL_KEYS, *GPU_KEYS, "detail"}
     return {k: v for k, v in report.items() if k in kept}
 
 

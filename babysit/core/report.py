@@ -56,7 +56,16 @@ def result(task: Task, now: float) -> dict[str, Any]:
     report |= task.spec.workflow.as_dict()
     if outcome and outcome.retry:  # a retried run's result says what follows (next_attempt), or why nothing does
         report |= {"next_attempt": outcome.next_attempt or None, "retry": outcome.retry}
-    return report | control(task)
+    return report | control(task) | gpus(task)
+
+
+def gpus(task: Task) -> dict[str, Any]:
+    """A task's GPUs, where it asked for some: how many, its estimate on each, which it got, its peak."""
+    e = task.spec.estimates
+    if not e.gpus:
+        return {}
+    return {"gpus": e.gpus, "estimated_gpu_mem_bytes": e.gpu_mem_bytes, "gpu_uuids": list(task.gpus),
+            "peak_gpu_mem_bytes": task.usage.peak_gpu_mem_bytes}
 
 
 def control(task: Task) -> dict[str, Any]:
@@ -89,7 +98,8 @@ def status(task: Task, now: float) -> dict[str, Any]:
         "cpu_cores": round(task.usage.cpu_cores, 3),
         "silent_s": None,  # journald tells, when asked: the daemon fills it in for a running task
         "estimates_from": task.spec.estimates_from or None,
-    } | ({"output_file": output} if (output := output_file(task)) else {})
+    } | ({"gpu_mem_bytes": task.usage.gpu_mem_bytes, "gpu_utilization_pct": task.usage.gpu_utilization_pct}
+         if task.gpus else {}) | ({"output_file": output} if (output := output_file(task)) else {})
 
 
 def output_file(task: Task) -> str | None:
@@ -129,7 +139,8 @@ def estimate(spec: TaskSpec, runs: int) -> dict[str, Any]:
     e = spec.estimates
     return {"name": spec.name, "command": spec.command, "cwd": spec.cwd, "runs": runs,
             "estimates_from": spec.estimates_from or None, "estimated_time_s": e.time_s,
-            "kill_timeout_s": e.kill_timeout_s, "estimated_mem_bytes": e.mem_bytes, "estimated_cpu_cores": e.cpu_cores}
+            "kill_timeout_s": e.kill_timeout_s, "estimated_mem_bytes": e.mem_bytes, "estimated_cpu_cores": e.cpu_cores,
+            } | ({"gpus": e.gpus, "estimated_gpu_mem_bytes": e.gpu_mem_bytes} if e.gpus else {})
 
 
 def notification(task: Task) -> tuple[str, str]:

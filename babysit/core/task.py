@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from babysit.core.gpus import Gpu, never_fits
 from babysit.core.protocol import ExceedsCap, InvalidArgument, KillReason, State
 from babysit.core.quantities import format_size, parse_duration, parse_size
 from babysit.core.stopping import Sent, Stopping, parse_signal, parse_warn_signal
@@ -37,6 +38,8 @@ DEFAULT_MEM_PCT = 40.0
 DEFAULT_CPU_PCT = 90.0
 DEFAULT_MEM_BYTES = 4 * GiB
 DEFAULT_CPU_CORES = 4.0
+DEFAULT_GPU_MEM_BYTES = 4 * GiB  # per GPU, at most the smallest device's memory
+MAX_GPUS = 64
 RUNTIME_BACKSTOP_MARGIN_S = 60.0  # RuntimeMaxSec ends a task even without the daemon, a little later
 # systemd's own variables for a unit's processes; copying the caller's would mislead the task
 SYSTEMD_ENV = {"NOTIFY_SOCKET", "INVOCATION_ID", "JOURNAL_STREAM", "LISTEN_PID", "LISTEN_FDS",
@@ -52,10 +55,13 @@ class Buffering(StrEnum):
 
 @dataclass(frozen=True)
 class Host:
-    """The capacity babysit may hand out: RAM and cores (after any configured budget)."""
+    """The capacity babysit may hand out: RAM and cores (after any configured budget), and its GPUs."""
 
     mem_bytes: int
     cores: float
+    # as NVML showed them when babysitd started (their totals do not change); None where a cluster's scheduler
+    # knows its GPUs and babysit does not (Slurm's gres)
+    gpus: tuple[Gpu, ...] | None = ()
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class Estimates:
     cpu_cores: float
     kill_timeout_s: float
     observability_interval_s: float
+    gpus: int = 0  # --gpus: devices of its own
+    gpu_mem_bytes: int = 0  # --estimated_gpu_mem_bytes: on each of them (0 without GPUs)
 
 
 @dataclass(frozen=True)
@@ -181,10 +189,10 @@ def clean_env(env: Mapping[str, str]) -> dict[str, str]:
 SPEC_FIELDS = {"name", "command", "cwd", "env", "estimated_time", "kill_timeout", "observability_interval",
                "mem_pct_limit", "cpu_pct_limit", "estimated_mem_bytes", "estimated_cpu_cores", "request_id",
                "buffering", "after", "retries", "retry_on", "array", "priority", "stop_signal", "stop_grace",
-               "warn_signal"}
+               "warn_signal", "gpus", "estimated_gpu_mem_bytes"}
 # what `Adjust` may change: a run's command, environment and directory are what it was started with
 ADJUSTABLE_FIELDS = ("estimated_time", "kill_timeout", "observability_interval", "estimated_mem_bytes",
-                     "estimated_cpu_cores", "mem_pct_limit", "cpu_pct_limit", "priority")
+                     "estimated_cpu_cores", "mem_pct_limit", "cpu_pct_limit", "priority", "estimated_gpu_mem_bytes")
 MAX_PRIORITY = 1_000_000
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -281,7 +289,22 @@ def estimates_from_wire(wire: Mapping[str, Any], host: Host, mem_pct: float, cpu
         cpu_cores=_number(wire, "estimated_cpu_cores", 0, 1 << 20) or min(DEFAULT_CPU_CORES, cpu_cap),
         kill_timeout_s=_duration(wire, "kill_timeout", 2 * time_s),
         observability_interval_s=_duration(wire, "observability_interval", DEFAULT_OBSERVABILITY_S),
+        **gpus_from_wire(wire, host),
     )
+
+
+def gpus_from_wire(wire: Mapping[str, Any], host: Host) -> dict[str, int]:
+    """--gpus and --estimated_gpu_mem_bytes; the default per-GPU estimate yields to small devices."""
+    gpus = _number(wire, "gpus", -1, MAX_GPUS) or 0
+    if gpus != int(gpus):
+        raise InvalidArgument("gpus must be a whole number")
+    asked = _size(wire, "estimated_gpu_mem_bytes")
+    if not gpus:
+        if asked:
+            raise InvalidArgument("estimated_gpu_mem_bytes is per GPU: give --gpus too")
+        return {}
+    smallest = min((g.total_bytes for g in host.gpus or ()), default=DEFAULT_GPU_MEM_BYTES)
+    return {"gpus": int(gpus), "gpu_mem_bytes": asked or min(DEFAULT_GPU_MEM_BYTES, smallest)}
 
 
 def spec_to_wire(spec: TaskSpec) -> dict[str, Any]:
@@ -296,6 +319,7 @@ def spec_to_wire(spec: TaskSpec) -> dict[str, Any]:
         **({"stop_grace": spec.stopping.grace_s} if spec.stopping.grace_s else {}),
         **({"warn_signal": f"{spec.stopping.warn_signal}@{spec.stopping.warn_before_s:g}s"}
            if spec.stopping.warn_signal else {}),
+        **({"gpus": e.gpus, "estimated_gpu_mem_bytes": e.gpu_mem_bytes} if e.gpus else {}),
     }
 
 
@@ -319,6 +343,8 @@ def derive_caps(spec: TaskSpec, host: Host) -> Caps:
             f"exceeds_cap: estimated CPU {e.cpu_cores:g} cores is above the per-task cap {cpu_cap:g} cores "
             f"({spec.cpu_pct_limit:g}% of {host.cores:g}); lower --estimated_cpu_cores or raise --cpu_pct_limit"
         )
+    if host.gpus is not None:
+        never_fits(host.gpus, e.gpus, e.gpu_mem_bytes)
     return Caps(
         mem_limit_bytes=mem_cap,
         cpu_limit_cores=cpu_cap,
@@ -337,6 +363,9 @@ class Usage:
     peak_mem_bytes: int | None = None  # the kernel's high-water mark; None until measured
     cpu_seconds: float | None = None  # the kernel's CPU total; None until measured
     cpu_cores: float = 0.0
+    gpu_mem_bytes: int = 0  # on its busiest GPU, as NVML shows its processes (babysit.core.gpus)
+    peak_gpu_mem_bytes: int | None = None  # the most seen there; None until measured
+    gpu_utilization_pct: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -397,6 +426,7 @@ class Task:
     paused_at: float | None = None  # `babysit pause`: when (wall clock), while it is paused
     paused_by: str = ""  # how: "freeze" (systemd's FreezeUnit) or "SIGSTOP" where a unit cannot be frozen
     paused_s: float = 0.0  # how long its earlier pauses lasted: no deadline counts them
+    gpus: tuple[str, ...] = ()  # the UUIDs of the GPUs it was given at its start
 
     @property
     def name(self) -> str:

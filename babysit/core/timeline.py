@@ -2,8 +2,8 @@
 
 Each point covers `step_s` seconds of the run. When the series is full, neighbouring points are merged
 in pairs and the step doubles, so a run of a minute and a run of a week both keep a few hundred
-points, evenly spaced. A merged point keeps the highest memory (a peak must not be smoothed away), the
-mean CPU (what the run used), and the newest line of output.
+points, evenly spaced. A merged point keeps the highest memory and GPU memory (a peak must not be
+smoothed away), the mean CPU (what the run used), and the newest line of output.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ class Point:
     cpu_cores: float  # the mean of the span's samples
     samples: int  # how many samples the mean is over
     last_output_s: float | None  # its newest line of output, seconds since the start
+    gpu_mem_bytes: int = 0  # the highest on its busiest GPU (0: none; a point stored before GPUs has none)
 
     def merged(self, later: Point) -> Point:
         total = self.samples + later.samples
         return Point(self.at_s, max(self.mem_bytes, later.mem_bytes),
                      (self.cpu_cores * self.samples + later.cpu_cores * later.samples) / total, total,
-                     newest(self.last_output_s, later.last_output_s))
+                     newest(self.last_output_s, later.last_output_s), max(self.gpu_mem_bytes, later.gpu_mem_bytes))
 
 
 def newest(a: float | None, b: float | None) -> float | None:
@@ -39,10 +40,11 @@ class Timeline:
     step_s: float = FIRST_STEP_S
     points: tuple[Point, ...] = ()
 
-    def add(self, at_s: float, mem_bytes: int, cpu_cores: float, last_output_s: float | None) -> Timeline:
+    def add(self, at_s: float, mem_bytes: int, cpu_cores: float, last_output_s: float | None,
+            gpu_mem_bytes: int = 0) -> Timeline:
         """The series with one more sample, `at_s` seconds into the run (samples come in time order), and
         the newest line of output known then, which counts for the span it was printed in."""
-        sample = Point(self.slot(at_s), mem_bytes, cpu_cores, 1, None)
+        sample = Point(self.slot(at_s), mem_bytes, cpu_cores, 1, None, gpu_mem_bytes)
         points = list(self.points)
         if points and points[-1].at_s == sample.at_s:
             points[-1] = points[-1].merged(sample)
@@ -84,20 +86,21 @@ class Timeline:
         """The cores the run used 95 % of the time (None before any sample)."""
         return percentile([p.cpu_cores for p in self.points], 95)
 
-    def as_dict(self) -> dict[str, Any]:
-        """Columns, as `status --json` shows them: one list per figure, index by index."""
+    def as_dict(self, gpus: bool = False) -> dict[str, Any]:
+        """Columns, as `status --json` shows them: one list per figure, index by index (GPU memory for a run
+        given GPUs)."""
         return {
             "step_s": self.step_s,
             "at_s": [p.at_s for p in self.points],
             "mem_bytes": [p.mem_bytes for p in self.points],
             "cpu_cores": [round(p.cpu_cores, 3) for p in self.points],
             "wrote": self.wrote(),
-        }
+        } | ({"gpu_mem_bytes": [p.gpu_mem_bytes for p in self.points]} if gpus else {})
 
     def to_json(self) -> dict[str, Any]:
         """Everything, for the store."""
-        return {"step_s": self.step_s, "points": [[p.at_s, p.mem_bytes, p.cpu_cores, p.samples, p.last_output_s]
-                                                  for p in self.points]}
+        return {"step_s": self.step_s, "points": [[p.at_s, p.mem_bytes, p.cpu_cores, p.samples, p.last_output_s,
+                                                   p.gpu_mem_bytes] for p in self.points]}
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> Timeline:

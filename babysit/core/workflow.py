@@ -44,6 +44,7 @@ END_KINDS = ("failed", "unknown", *(str(r) for r in KillReason if r not in (Kill
 # by default babysit retries the ends whose kill_hint names a bigger figure, which the next attempt asks
 # for: a failure or a stall is more often a bug than bad luck, and a retry would only repeat it
 DEFAULT_RETRY_ON = (str(KillReason.OOM), str(KillReason.MEM_2X_SUSTAINED), str(KillReason.CPU_2X_SUSTAINED),
+                    str(KillReason.GPU_MEM_2X_SUSTAINED),
                     str(KillReason.TIMEOUT), str(KillReason.PRESSURE))
 
 

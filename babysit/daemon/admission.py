@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from babysit.core.capacity import Decision, Reservation, capacity_report, decide
-from babysit.core.task import Host
+from babysit.core.capacity import Decision, Reservation, Room, capacity_report, decide
+from babysit.core.gpus import Gpu
+from babysit.core.task import Estimates, Host
 from babysit.daemon.ledger import Ledger
 from babysit.executors.base import Executor
 
@@ -18,21 +19,23 @@ class Admission:
         self.executor = executor
         self.ahead = ahead  # the queued tasks that go first: those free to start (not waiting for others)
 
-    def room_now(self) -> tuple[Host, int, list[Reservation]]:
-        """The room, the free memory, and what running tasks hold: as their estimates say on one host, as
-        the cluster says where the executor knows (a cluster's allocations include other users' jobs)."""
+    def room_now(self) -> tuple[Host, int, list[Reservation], tuple[Gpu, ...] | None]:
+        """The room, the free memory, what running tasks hold, and the GPUs now: what running tasks hold as
+        their estimates say on one host, as the cluster says where the executor knows (a cluster's
+        allocations include other users' jobs)."""
         capacity = self.executor.capacity()
         held = self.reservations() if capacity.held is None else list(capacity.held)
-        return capacity.host, capacity.free_mem_bytes, held
+        return capacity.host, capacity.free_mem_bytes, held, capacity.gpus
 
     def reservations(self) -> list[Reservation]:
-        return [Reservation(t.name, t.spec.estimates.mem_bytes, t.spec.estimates.cpu_cores, t.usage.mem_bytes)
-                for t in self.ledger.running()]
+        return [Reservation(t.name, t.spec.estimates.mem_bytes, t.spec.estimates.cpu_cores, t.usage.mem_bytes,
+                            t.gpus) for t in self.ledger.running()]
 
-    def decide(self, mem_bytes: int, cpu_cores: float, ahead: list[str] | None = None) -> Decision:
+    def decide(self, e: Estimates, ahead: list[str] | None = None) -> Decision:
         """Whether a task of these estimates fits now, behind the queue (or behind `ahead`)."""
         queued = self.ahead() if ahead is None else ahead
-        return decide(*self.room_now(), mem_bytes, cpu_cores, queued)
+        host, free, held, gpus = self.room_now()
+        return decide(host, free, held, Room(e.mem_bytes, e.cpu_cores, e.gpus, e.gpu_mem_bytes), queued, gpus)
 
     def hands_over(self, decision: Decision) -> bool:
         """Whether a task goes to its executor now: it fits, or the executor keeps a queue of its own (Slurm)."""
@@ -40,4 +43,5 @@ class Admission:
 
     def report(self, warnings: list[str]) -> dict[str, Any]:
         """`Capacity`: the room, the free memory, the queue, and what does not hold here."""
-        return capacity_report(*self.room_now(), self.ahead()) | {"warnings": warnings}
+        host, free, held, gpus = self.room_now()
+        return capacity_report(host, free, held, self.ahead(), gpus or ()) | {"warnings": warnings}

@@ -98,11 +98,11 @@ class Babysitd:
                  and (t.spec.workflow.group, t.spec.workflow.sweep) == (w.group, w.sweep)]
         return sorted(found, key=lambda t: t.spec.workflow.index or 0)
 
-    def started(self, task_id: int, at: float) -> None:
-        """A run left the executor's own queue."""
+    def started(self, task_id: int, at: float, gpus: tuple[str, ...] = ()) -> None:
+        """A run left the executor's own queue (on these GPUs)."""
         task = self.ledger.by_id(task_id)
         if task and task.state == State.QUEUED:  # (a restart may have caught it queued: no watch yet)
-            self.supervisor.arm(self.ledger.save(task.with_(state=State.RUNNING, started_at=at)))
+            self.supervisor.arm(self.ledger.save(task.with_(state=State.RUNNING, started_at=at, gpus=gpus)))
 
     def sample_now(self, task_id: int) -> None:
         self.supervisor.sample_now(task_id)

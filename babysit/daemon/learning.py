@@ -28,7 +28,8 @@ class Learning:
         """A validated spec from a `Run` dictionary, with the estimates the caller left out taken from earlier
         runs of the same task where there are any; and how many earlier runs they come from."""
         spec = spec_from_wire(wire, self.host)
-        missing = [key for key in history.ESTIMATE_KEYS if key not in wire]
+        missing = [key for key in history.ESTIMATE_KEYS if key not in wire
+                   and (key != "estimated_gpu_mem_bytes" or spec.estimates.gpus)]
         learned = self.learn(spec) if missing else None
         taken = {key: value for key, value in learned.wire().items() if key in missing} if learned else {}
         if not learned or not taken:
@@ -41,7 +42,8 @@ class Learning:
     def learn(self, spec: TaskSpec) -> history.Learned | None:
         """What earlier runs of a task like this one suggest as its estimates."""
         kin = self.kin(spec)
-        return history.learn(kin, *limits(spec, self.host)) if kin else None
+        largest = max((g.total_bytes for g in self.host.gpus or ()), default=None)
+        return history.learn(kin, *limits(spec, self.host), largest) if kin else None
 
     def kin(self, spec: TaskSpec) -> history.Kin | None:
         candidates = self.store.completed_like(spec.name, history.name_stem(spec.name), spec.command, spec.cwd,

@@ -10,6 +10,7 @@ from dataclasses import replace
 from babysit.common import failpoints
 from babysit.common.background import Background, carry_on
 from babysit.common.config import Config
+from babysit.core.capacity import assignment
 from babysit.core.protocol import KillReason, State
 from babysit.core.task import Outcome, Task
 from babysit.core.timeline import Timeline
@@ -74,10 +75,11 @@ class Queue:
                 continue
             if not self.executor.queues:  # (a sweep goes to Slurm as one array job, its estimates the first's)
                 task = self.workflows.relearn(task)
-            e = task.spec.estimates
-            if self.executor.trouble or not self.admission.hands_over(
-                    self.admission.decide(e.mem_bytes, e.cpu_cores, [])):
+            decision = self.admission.decide(task.spec.estimates, [])
+            if self.executor.trouble or not self.admission.hands_over(decision):
                 break
+            if decision.requested.gpus and not self.executor.queues:  # its own devices, chosen now
+                task = self.ledger.save(task.with_(gpus=assignment(decision)))
             if self.executor.queues:  # which holds it back by its own dependencies, on the runs of now
                 handed.append(self.workflows.rebind(task))
             else:

@@ -82,7 +82,7 @@ class Scheduler:
             if len(self.ledger.tasks) + len(specs) > self.config.max_live_tasks:
                 raise QueueFull(f"{len(self.ledger.tasks)} tasks are queued or running; {len(specs)} more would be "
                                 "more than babysit keeps (max_live_tasks); wait for some to end, or kill queued ones")
-            decision = self.admission.decide(spec.estimates.mem_bytes, spec.estimates.cpu_cores,
+            decision = self.admission.decide(spec.estimates,
                                              self.queue.ahead_of(spec.priority))
             self.workflows.check_name(spec.name)  # a live name is the first thing to fix
             if not decision.admit and not force and not spec.workflow.after:  # a dependent waits anyway
@@ -153,7 +153,9 @@ class Scheduler:
                 member.state == State.RUNNING and (member.paused_at is None) == paused)):
             return
         task = self.ledger.live(name)
-        if task.state != State.RUNNING or task.kill_requested:
+        if task.kill_requested:
+            raise InvalidArgument(f"{name} is being stopped ({task.kill_requested}): it cannot be paused or resumed")
+        if task.state != State.RUNNING:
             raise InvalidArgument(f"{name} is {task.state}: only a running task can be paused or resumed")
         if (task.paused_at is not None) == paused:
             raise InvalidArgument(f"{name} is {'already' if paused else 'not'} paused")
@@ -186,7 +188,8 @@ class Scheduler:
         if members:
             return self.workflows.summary(name, members, time.time())
         ((task, now_known),) = self.describe([self.ledger.latest(name)])
-        return report.status(task, time.time()) | now_known | {"timeline": self.supervisor.timeline(task).as_dict()}
+        return report.status(task, time.time()) | now_known | {"timeline": self.supervisor.timeline(task).as_dict(
+            gpus=bool(task.spec.estimates.gpus))}
 
     async def list_tasks(self, include_terminal: bool,
                          batch: int = 50) -> AsyncIterator[list[tuple[Task, dict[str, Any]]]]:
@@ -207,7 +210,8 @@ class Scheduler:
         """
         plan = self.queue.plan()
         position = {task.name: i for i, task in enumerate(plan.ready)}
-        available = room(*self.admission.room_now())
+        host, free, held, gpus = self.admission.room_now()
+        available = room(host, free, held, gpus or ())
         room_now = available.as_dict()
         described = []
         for task in tasks:
@@ -217,12 +221,14 @@ class Scheduler:
             elif task.state == State.QUEUED:
                 ahead = position.get(task.name, 0)
                 e = task.spec.estimates
-                requested = requested_room(self.executor.host, e.mem_bytes, e.cpu_cores)
+                devices = e.gpus if gpus is not None else 0  # a cluster's GPUs are its scheduler's to weigh
+                requested = requested_room(self.executor.host, e.mem_bytes, e.cpu_cores, devices, e.gpu_mem_bytes)
+                its_room = room(host, free, held, gpus or (), e.gpu_mem_bytes) if devices else available
                 now_known = {"queue_position": ahead + 1,
                              "waiting_for": plan.waiting.get(task.id) or (
                                  DRAINED if self.queue.draining and task.in_babysits_queue else None)
                              or self.executor.waiting_for(task)
-                             or shortfall(requested, available, ahead) or "its turn",
+                             or shortfall(requested, its_room, ahead) or "its turn",
                              "available": room_now}
             described.append((task, now_known))
         return described
@@ -243,7 +249,8 @@ class Scheduler:
         return self.executor.caps_missing + unwritable + unreachable + drained + self.advice
 
     def capacity(self) -> dict[str, Any]:
-        return self.admission.report(self.warnings) | {"draining": self.queue.draining}
+        return self.admission.report(self.warnings) | {"draining": self.queue.draining,
+                                                       "gpu_note": self.executor.gpu_note}
 
     def history(self, name: str, limit: int) -> list[dict[str, Any]]:
         """The newest `limit` finished runs of a name ("" for every name), oldest first."""

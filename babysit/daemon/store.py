@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     usage TEXT NOT NULL,
     job TEXT,  -- babysit.core.task.Job, as JSON
     output TEXT,  -- Task.output_file
-    control TEXT  -- Task.held, .signals and its pause (paused_at, paused_by, paused_s), as JSON
+    control TEXT  -- Task.held, .signals, its pause (paused_at, paused_by, paused_s) and .gpus, as JSON
 );
 -- babysitd's own settings that outlive it (draining)
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -106,7 +106,7 @@ def _control(data: str | None) -> dict[str, Any]:
     return {"held": control.get("held", False),
             "signals": tuple(Sent(**sent) for sent in control.get("signals", ())),
             "paused_at": control.get("paused_at"), "paused_by": control.get("paused_by", ""),
-            "paused_s": control.get("paused_s", 0.0)}
+            "paused_s": control.get("paused_s", 0.0), "gpus": tuple(control.get("gpus", ()))}
 
 
 PAST_RUNS = "SELECT tasks.*, timelines.p95_cpu_cores FROM tasks LEFT JOIN timelines ON task_id = id"
@@ -322,7 +322,7 @@ class Store:
                  json.dumps(asdict(task.usage)), json.dumps(asdict(task.job)) if task.job else None,
                  task.output_file, json.dumps({"held": task.held, "signals": [asdict(s) for s in task.signals],
                                                "paused_at": task.paused_at, "paused_by": task.paused_by,
-                                               "paused_s": task.paused_s}),
+                                               "paused_s": task.paused_s, "gpus": list(task.gpus)}),
                  task.id),
             )
             if old_state != task.state.value:

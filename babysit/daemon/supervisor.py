@@ -8,11 +8,13 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
+from typing import Any
 
 from babysit.common import failpoints
 from babysit.common.background import carry_on
 from babysit.common.config import Config
 from babysit.core import policy
+from babysit.core.gpus import GpuUse
 from babysit.core.protocol import KillReason, State
 from babysit.core.quantities import format_duration
 from babysit.core.stopping import Sent
@@ -173,14 +175,15 @@ class Supervisor:
             peak_mem_bytes=max(task.usage.peak_mem_bytes or 0, sample.mem_bytes, sample.peak_mem_bytes or 0),
             cpu_seconds=max(task.usage.cpu_seconds or 0.0, sample.cpu_seconds),
             cpu_cores=cores,
+            **gpu_usage(task.usage, sample.gpu),
         )
         if usage != task.usage:  # a quiet task costs no write and no signal
             task = task.with_(usage=usage)
             self.ledger.track(task)
-        self.add_to_timeline(task, watch, sample.mem_bytes, cores)
+        self.add_to_timeline(task, watch, sample.mem_bytes, cores, sample.gpu.mem_bytes if sample.gpu else 0)
         return task
 
-    def add_to_timeline(self, task: Task, watch: Watch, mem_bytes: int, cpu_cores: float) -> None:
+    def add_to_timeline(self, task: Task, watch: Watch, mem_bytes: int, cpu_cores: float, gpu_mem_bytes: int) -> None:
         """One sample into the run's bounded series; stored now and then, so a restart loses little of it."""
         if task.started_at is None or watch.started is None:
             return
@@ -189,7 +192,7 @@ class Supervisor:
         if new_point:  # once per point, the executor says whether the task printed meanwhile (microseconds)
             self.deadlines.note_output(task, watch)
         last_output_s = watch.last_output_at - watch.started if watch.last_output_at > watch.started else None
-        watch.timeline = watch.timeline.add(at_s, mem_bytes, cpu_cores, last_output_s)
+        watch.timeline = watch.timeline.add(at_s, mem_bytes, cpu_cores, last_output_s, gpu_mem_bytes)
         if new_point and time.monotonic() - watch.timeline_saved_at >= TIMELINE_SAVE_S:
             self.ledger.save_timeline(task, watch.timeline)
             watch.timeline_saved_at = time.monotonic()
@@ -199,7 +202,7 @@ class Supervisor:
         if task.kill_requested or task.started_at is None or task.paused_at is not None:
             return
         u = task.usage
-        observation = policy.Observation(time.monotonic(), u.mem_bytes, u.cpu_cores)
+        observation = policy.Observation(time.monotonic(), u.mem_bytes, u.cpu_cores, u.gpu_mem_bytes)
         verdict = policy.evaluate(observation, task.spec.estimates, watch.policy, self.config.tolerance_s)
         watch.policy = verdict.memory
         for risk in verdict.risks:
@@ -211,3 +214,11 @@ class Supervisor:
         if verdict.kill:
             log.info("stopping %s: %s", task.name, verdict.kill)
             await self.stop(task, verdict.kill)
+
+
+def gpu_usage(was: Usage, now: GpuUse | None) -> dict[str, Any]:
+    """A task's GPU figures from a reading, its peak kept (none for a task without GPUs)."""
+    if now is None:
+        return {}
+    return {"gpu_mem_bytes": now.mem_bytes, "peak_gpu_mem_bytes": max(was.peak_gpu_mem_bytes or 0, now.mem_bytes),
+            "gpu_utilization_pct": now.utilization_pct}

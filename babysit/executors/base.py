@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from babysit.core.capacity import Reservation
+from babysit.core.gpus import Gpu, GpuUse
 from babysit.core.task import Caps, Host, Outcome, Task, TaskSpec, Usage
 
 
@@ -21,6 +22,7 @@ class Reading:
     mem_bytes: int
     peak_mem_bytes: int | None
     cpu_seconds: float
+    gpu: GpuUse | None = None  # what its processes hold on its GPUs, for a task given some
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Capacity:
     # included); None on one host, where babysit's running tasks hold their estimates (a task below its
     # estimate may still grow into it)
     held: tuple[Reservation, ...] | None = None
+    gpus: tuple[Gpu, ...] | None = None  # the host's GPUs now; None: a cluster's, its scheduler's to count
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,9 @@ class RunEvents(Protocol):
         """The members of a sweep member's sweep still in babysit's queue, first attempts, by index (an executor
         that runs a sweep as one job submits them together)."""
 
-    def started(self, task_id: int, at: float) -> None:
-        """A run that waited in the executor's own queue has started."""
+    def started(self, task_id: int, at: float, gpus: tuple[str, ...] = ()) -> None:
+        """A run that waited in the executor's own queue has started (on these GPUs, as the executor names
+        them)."""
 
     def sample_now(self, task_id: int) -> None:
         """Read the run's usage at once (the kernel is about to take it away)."""
@@ -100,6 +104,7 @@ class Executor(Protocol):
     pressure_applies: bool  # whether babysit watches the host's free memory and stops its own culprits
     caps_missing: list[str]  # why caps cannot be applied, with the fix: `run` refuses then
     advice: list[str]  # what else does not hold here, with the fix
+    gpu_note: str  # the GPUs tasks can be given, or why none (`babysit ping` says it)
     # why the executor cannot be reached now (a Slurm controller that does not answer), None when it can:
     # ping and status say it, `run` refuses meanwhile, and queued tasks wait
     trouble: str | None

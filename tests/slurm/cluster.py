@@ -41,6 +41,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -284,7 +285,8 @@ InactiveLimit=0
 PropagateResourceLimits=NONE
 ReturnToService=2
 MailProg=/bin/true
-NodeName={c.host} NodeAddr=127.0.0.1 {node} RealMemory={memory} State=UNKNOWN
+GresTypes=gpu
+NodeName={c.host} NodeAddr=127.0.0.1 {node} RealMemory={memory} Gres=gpu:{GPUS} State=UNKNOWN
 PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -311,6 +313,17 @@ def cgroup_v1_available() -> bool:
 
 def cgroup_conf() -> str:
     return "CgroupPlugin=cgroup/v1\nCgroupAutomount=no\nConstrainCores=yes\nConstrainRAMSpace=yes\n"
+
+
+GPUS = 2  # the node's GPUs: device nodes with NVIDIA's major number, made for the cluster (no driver needed)
+
+
+def gres_conf(c: Cluster) -> str:
+    """The node's GPUs as Slurm's gres: two device files of its own, so jobs get CUDA_VISIBLE_DEVICES by index."""
+    (c.dir / "dev").mkdir(mode=0o755)
+    for minor in range(GPUS):
+        os.mknod(c.dir / "dev" / f"nvidia{minor}", stat.S_IFCHR | 0o666, os.makedev(195, minor))
+    return f"Name=gpu File={c.dir}/dev/nvidia[0-{GPUS - 1}]\n"
 
 
 def slurmdbd_conf(c: Cluster) -> str:
@@ -355,6 +368,7 @@ def prepare(c: Cluster) -> None:
     write(c.conf, slurm_conf(c, node_hardware()))
     if c.cgroups:
         write(d / "etc" / "cgroup.conf", cgroup_conf())
+    write(d / "etc" / "gres.conf", gres_conf(c))
     # slurmdbd has no -f: it reads slurmdbd.conf next to $SLURM_CONF, and only if no one else can read it
     write(d / "etc" / "slurmdbd.conf", slurmdbd_conf(c), 0o600)
 

@@ -1,6 +1,6 @@
 import pytest
 
-from babysit.core.capacity import Reservation, capacity_report, decide, fits, refusal
+from babysit.core.capacity import Reservation, Room, capacity_report, decide, fits, refusal
 from babysit.core.protocol import InvalidArgument
 from babysit.core.task import GiB, Host
 
@@ -28,22 +28,22 @@ PLENTY = 64 * GiB
     (PLENTY, [Reservation("a", 15 * GiB, 4)], [], 2 * GiB, 1, False, "not enough memory; not enough CPU"),
 ])
 def test_decide(free: int, running: list, queued: list, mem: int, cpu: float, admit: bool, reason: str) -> None:
-    decision = decide(HOST, free, running, mem, cpu, queued)
+    decision = decide(HOST, free, running, Room(mem, cpu), queued)
     assert (decision.admit, decision.reason) == (admit, reason)
 
 
 @pytest.mark.parametrize("mem, cpu", [(0, 1), (-1, 1), (GiB, 0), (GiB, -2)])
 def test_zero_and_negative_estimates_are_invalid(mem: int, cpu: float) -> None:
     with pytest.raises(InvalidArgument):
-        decide(HOST, PLENTY, [], mem, cpu)
+        decide(HOST, PLENTY, [], Room(mem, cpu))
 
 
 def test_a_huge_estimate_never_fits() -> None:
-    assert not decide(HOST, PLENTY, [], 1 << 60, 1).admit
+    assert not decide(HOST, PLENTY, [], Room(1 << 60, 1)).admit
 
 
 def test_refusal_names_the_figures_and_the_command() -> None:
-    decision = decide(HOST, PLENTY, [Reservation("a", 12 * GiB, 1)], 6 * GiB, 1)
+    decision = decide(HOST, PLENTY, [Reservation("a", 12 * GiB, 1)], Room(6 * GiB, 1))
     body = refusal("b", decision)
     assert body["error"] == "capacity_exceeded" and body["name"] == "b"
     assert body["requested"] == {"mem_bytes": 6 * GiB, "cpu_cores": 1}
@@ -60,5 +60,5 @@ def test_a_client_decides_the_same_from_the_report() -> None:
     running = [Reservation("a", 12 * GiB, 1, 2 * GiB)]
     report = capacity_report(HOST, PLENTY, running, [])
     assert report["available_mem_bytes"] == 4 * GiB and report["reserved_cpu_cores"] == 1
-    assert fits(report, 4 * GiB, 1) == decide(HOST, PLENTY, running, 4 * GiB, 1)
-    assert not fits(report, 5 * GiB, 1).admit
+    assert fits(report, Room(4 * GiB, 1)) == decide(HOST, PLENTY, running, Room(4 * GiB, 1))
+    assert not fits(report, Room(5 * GiB, 1)).admit

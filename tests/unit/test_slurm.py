@@ -300,6 +300,9 @@ def test_sbatch_args() -> None:
     assert args == ["--parsable", "--job-name=t", "--chdir=/w", "--output=/w/o", "--nodes=1", "--ntasks=1",
                     "--cpus-per-task=2", "--mem=101M", "--no-requeue", "--time=2", "--partition=long",
                     "--account=lab"]
+    with_gpus = slurm.sbatch_args(name="t", cwd="/w", mem_bytes=MiB, cpus=1, time_limit_s=None, output="/o",
+                                  partition=None, account=None, gpus=2)
+    assert with_gpus[-1] == "--gres=gpu:2"  # Slurm's gres: the cluster picks, fences and names the devices
 
 
 @pytest.mark.parametrize("limit, option", [(1, "--time=1"), (30, "--time=1"), (60, "--time=1"), (60.5, "--time=2"),
@@ -490,7 +493,7 @@ class Daemon:
     def running(self) -> list[Task]:
         return list(self.tasks.values())
 
-    def started(self, task_id: int, at: float) -> None:
+    def started(self, task_id: int, at: float, gpus: tuple[str, ...] = ()) -> None:
         self.starts.append(task_id)
 
     def sample_now(self, task_id: int) -> None:
@@ -520,3 +523,10 @@ async def test_a_round_asks_once_for_every_job(bin_dir: Path) -> None:
     assert calls(bin_dir)[1].startswith("-j 21.batch,22.batch,23.batch ")
     assert daemon.starts == list(ids)
     assert all(jobs[i].usage == JobUsage(2842624, 212639744, 0.0) for i in ids)
+
+
+def test_the_gpus_a_job_got_are_read_from_scontrol() -> None:
+    detail = ("JobId=12 JobName=babysit-t\n   Nodes=n1 CPU_IDs=0-1 Mem=100 GRES=gpu:2(IDX:0,2-3)\n"
+              "   Nodes=n2 CPU_IDs=0 Mem=100 GRES=gpu:a100:1(IDX:5)\n   TresPerNode=gres:gpu:2\n")
+    assert slurm.parse_gpu_indices(detail) == ("0", "2", "3", "5")
+    assert slurm.parse_gpu_indices("JobId=13\n   Nodes=n1 CPU_IDs=0 Mem=100 GRES=\n") == ()

@@ -71,3 +71,8 @@ def test_queue_control_shows_a_priority_a_pause_and_draining() -> None:
     assert "paused" in train and "15m50s" in train  # 400 s since its start, 150 s of it paused
     prep = next(line for line in lines if "prep" in line)
     assert prep.strip().startswith("#1 prep priority 5  waiting: not enough memory"), prep
+
+
+def test_a_task_with_gpus_shows_its_gpu_memory_against_its_estimate() -> None:
+    lines = screen([{**RUNNING, "gpus": 1, "gpu_mem_bytes": GiB, "estimated_gpu_mem_bytes": 2 * GiB}], width=100)
+    assert any("train-4 gpu 1.0G/2.0G" in line for line in lines), lines

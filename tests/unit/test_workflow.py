@@ -68,7 +68,8 @@ def test_members_are_named_by_index_and_get_it_in_the_command_and_environment() 
 
 def test_retry_on_takes_the_end_kinds_and_the_default_is_the_resource_kills() -> None:
     assert parse_retry_on("failed, oom") == ("failed", "oom")
-    assert set(DEFAULT_RETRY_ON) == {"oom", "mem_2x_sustained", "cpu_2x_sustained", "timeout", "pressure"}
+    assert set(DEFAULT_RETRY_ON) == {"oom", "mem_2x_sustained", "cpu_2x_sustained", "gpu_mem_2x_sustained",
+                                     "timeout", "pressure"}
     assert {"failed", "unknown", "observability_stall"} <= set(END_KINDS) and "user" not in END_KINDS
     for bad in ("", "user", "bad_luck"):
         with pytest.raises(InvalidArgument):

@@ -1,6 +1,7 @@
 """The VM tier: babysit on a stock Debian 12 guest (systemd as PID 1, logind, lingering, pure cgroup v2).
 
     python3 tests/vm/run.py            # build or reuse the guest image, boot it twice, run tests/vm inside
+    python3 tests/vm/run.py -k pause   # only the tests pytest's -k expression picks (while developing)
 
 The image comes from Debian's archive (mmdebstrap) and is cached outside the clone, keyed by what
 builds it. Each run boots a copy-on-write overlay of it under QEMU (software emulation: KVM does not
@@ -25,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+if not __package__:  # run as a plain script: the stand-in NVIDIA driver is built from the tests' package
+    sys.path.insert(0, str(ROOT))
+from tests import fakegpu  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SUITE = "bookworm"
 MIRRORS = [
@@ -95,6 +99,7 @@ def prepare_share(share: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
                     "-w", str(share / "wheels"), f"{ROOT}[test]", "pip", "setuptools"], check=True, cwd=share)
     shutil.rmtree(ROOT / "build", ignore_errors=True)
+    fakegpu.build(share / "fakegpu")  # the stand-in NVIDIA driver (tests/fakegpu): the guest has no compiler
     share.chmod(0o777)  # the guest's user writes results here
 
 
@@ -154,6 +159,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1200, help="seconds each boot may take")
     parser.add_argument("--workdir", type=Path,
                         help="keep the share and logs here (default: a temporary directory, removed if all passed)")
+    parser.add_argument("-k", dest="select", default="", help="only the tests this pytest -k expression picks")
     args = parser.parse_args()
     started = time.monotonic()
     missing = missing_tools()
@@ -170,6 +176,7 @@ def main() -> int:
     shutil.rmtree(share, ignore_errors=True)
     share.mkdir()
     prepare_share(share)
+    (share / "select").write_text(args.select)
     overlay = work / "overlay.qcow2"
     overlay.unlink(missing_ok=True)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image / "root.img"), "-F", "raw",

@@ -272,6 +272,21 @@ def key_order(key: str) -> tuple[int, int]:
     return int(job), int(task) if task else -1
 
 
+# `scontrol show job -d`: each node's line says which GPUs the job got there, `GRES=gpu:2(IDX:0-1)` (with a
+# type, `GRES=gpu:a100:1(IDX:3)`)
+GPU_INDICES = re.compile(r"\bGRES=gpu(?::[^:(\s]+)?:\d+\(IDX:([\d,-]+)\)")
+
+
+def parse_gpu_indices(output: str) -> tuple[str, ...]:
+    """The GPU indices a running job was given on its node, as Slurm numbers them (its CUDA_VISIBLE_DEVICES)."""
+    found: list[str] = []
+    for listed in GPU_INDICES.findall(output):
+        for part in listed.split(","):
+            low, _, high = part.partition("-")
+            found += [str(i) for i in range(int(low), int(high or low) + 1)]
+    return tuple(found)
+
+
 def parse_job_id(output: str) -> int:
     """The id in `sbatch --parsable` output (`12`, or `12;cluster` on a federation); ValueError without one."""
     lines = output.strip().splitlines()
@@ -315,7 +330,7 @@ def array_script(commands: Mapping[int, str], functions: Mapping[str, str] | Non
 
 def sbatch_args(*, name: str, cwd: str, mem_bytes: int, cpus: int, time_limit_s: float | None, output: str,
                 partition: str | None, account: str | None, comment: str | None = None,
-                dependency: str | None = None) -> list[str]:
+                dependency: str | None = None, gpus: int = 0) -> list[str]:
     """sbatch's options for one task; the script comes on stdin."""
     for text in (name, comment or ""):
         if any(c in text for c in ("\n", "\r", SEP)):
@@ -337,6 +352,8 @@ def sbatch_args(*, name: str, cwd: str, mem_bytes: int, cpus: int, time_limit_s:
         args.append(f"--comment={comment}")
     if dependency:
         args.append(f"--dependency={dependency}")
+    if gpus:  # Slurm's generic resource: the cluster assigns the devices and sets CUDA_VISIBLE_DEVICES
+        args.append(f"--gres=gpu:{gpus}")
     return args
 
 
@@ -389,13 +406,13 @@ class Slurm:
     async def submit(self, *, name: str, command: str, cwd: str, env: Mapping[str, str], mem_bytes: int,
                      cpus: int, time_limit_s: float | None, output: str, partition: str | None = None,
                      account: str | None = None, comment: str | None = None, dependency: str | None = None,
-                     array: Mapping[int, str] | None = None, limit: int = 0) -> int:
+                     array: Mapping[int, str] | None = None, limit: int = 0, gpus: int = 0) -> int:
         """Submit `command` (run by `bash -c` in `cwd`, stdout and stderr to `output`) as a batch job; its id.
         `dependency` is sbatch's (afterok:12:13,afterany:14): Slurm holds the job until it is met. With `array`
         (index -> command), one array job (`--array=...%limit`) whose task of each index runs its command."""
         args = sbatch_args(name=name, cwd=cwd, mem_bytes=mem_bytes, cpus=cpus, time_limit_s=time_limit_s,
                            output=output, partition=partition, account=account, comment=comment,
-                           dependency=dependency)
+                           dependency=dependency, gpus=gpus)
         variables, functions = split_env(env)
         script = batch_script(command, functions)
         if array:
@@ -450,6 +467,10 @@ class Slurm:
             # Without --full a signal other than KILL skips the batch step, i.e. the task's own processes.
             argv = ["scancel", "--full", f"--signal={signal}", key]
         await self._run(argv, ok_errors=_GONE)
+
+    async def gpus_of(self, key: str) -> tuple[str, ...]:
+        """The GPUs a running job was given (their indices on its node)."""
+        return parse_gpu_indices(await self._run(["scontrol", "show", "job", "-d", key]))
 
     async def hold(self, key: str, held: bool) -> None:
         """Keep a pending job from starting, or let it start again."""

@@ -31,7 +31,7 @@ from babysit.executors.slurm.commands import Slurm, SlurmError
 from babysit.executors.slurm.rounds import PENDING, Rounds, Tracked
 
 log = logging.getLogger("babysitd")
-UNKNOWN_HOST = Host(mem_bytes=0, cores=0.0)
+UNKNOWN_HOST = Host(mem_bytes=0, cores=0.0, gpus=None)
 PRESSURE_NOTE = ("host memory pressure is not watched with executor = \"slurm\": each job runs within its own "
                  "--mem on the cluster, which Slurm enforces")
 
@@ -149,6 +149,7 @@ class SlurmExecutor:
         output_dir.mkdir(parents=True, exist_ok=True)
         self.caps_missing: list[str] = []
         self.advice: list[str] = [PRESSURE_NOTE]
+        self.gpu_note = "GPUs are the cluster's: --gpus=N asks Slurm for --gres=gpu:N"
         self.trouble: str | None = None  # why the controller cannot be reached now (see ask)
         self.jobs: dict[int, Tracked] = {}  # run id -> its job
         self.rounds = Rounds(slurm, self.jobs)
@@ -237,7 +238,7 @@ class SlurmExecutor:
             comment=sweep_comment(w.sweep, self.origin) if members else run_comment(task.id, self.origin),
             dependency=dependency(task, self.jobs),
             array={m.spec.workflow.index: m.spec.command for m in members if m.spec.workflow.index is not None},
-            limit=w.limit)
+            limit=w.limit, gpus=task.spec.estimates.gpus)
         for member in members:
             self.swept[member.id] = Job(job_id, str(output_of(self.output_dir, member)), member.spec.workflow.index)
         return self.swept.pop(task.id, None) or Job(job_id, str(output))
@@ -366,9 +367,9 @@ class SlurmExecutor:
                              stderr="no node can run jobs")
         if self.host == UNKNOWN_HOST:
             largest = max(nodes, key=lambda n: (n.mem_bytes, n.cpus))
-            self.host = Host(mem_bytes=largest.mem_bytes, cores=float(largest.cpus))
+            self.host = Host(mem_bytes=largest.mem_bytes, cores=float(largest.cpus), gpus=None)
         best = max(nodes, key=lambda n: (n.idle_cpus, n.free_mem_bytes), default=None)
         if best:  # a job runs on one node: the room is the roomiest node's, less what Slurm gave its jobs
             given = Reservation(f"(slurm: allocated on {best.name})", best.mem_bytes - best.free_mem_bytes,
                                 float(best.cpus - best.idle_cpus), best.mem_bytes - best.free_mem_bytes)
-            self.room = Capacity(Host(best.mem_bytes, float(best.cpus)), best.free_mem_bytes, held=(given,))
+            self.room = Capacity(Host(best.mem_bytes, float(best.cpus), gpus=None), best.free_mem_bytes, held=(given,))

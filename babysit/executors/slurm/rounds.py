@@ -106,7 +106,9 @@ class Rounds(Reporting):
         tracked.missing_since = None
         if job.state == "RUNNING" and not tracked.seen_running:
             tracked.seen_running = True
-            self.daemon.started(tracked.task_id, job.start_time or time.time())
+            task = self.daemon.task(tracked.task_id)
+            gpus = await self.slurm.gpus_of(tracked.key) if task and task.spec.estimates.gpus else ()
+            self.daemon.started(tracked.task_id, job.start_time or time.time(), gpus)
         if job.state == "RUNNING":
             tracked.usage = usage or tracked.usage
         if job.ended:

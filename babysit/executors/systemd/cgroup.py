@@ -143,6 +143,16 @@ def parse_proc_stat_cpu(text: str) -> int:
     return utime + stime + cutime + cstime
 
 
+def processes(layout: Layout, cgroup: str) -> list[int]:
+    """The PIDs in a unit's cgroup now (its GPU processes are found by them); [] once it is gone."""
+    if not layout.memory_root:
+        return []
+    try:
+        return [int(pid) for pid in (layout.memory_root / cgroup.lstrip("/") / "cgroup.procs").read_text().split()]
+    except OSError:
+        return []
+
+
 def processes_cpu_ns(cgroup_dir: Path) -> int:
     """CPU time of the processes now in a cgroup: for v1 hosts where the unit has no cpuacct cgroup
     (cpu and cpuacct mounted apart, which systemd does not account). Time of processes that ended

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal as signals
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from dbus_fast.errors import DBusError
@@ -21,13 +22,15 @@ from babysit.common import failpoints
 from babysit.common.background import carry_on
 from babysit.common.config import Config
 from babysit.common.host import free_mem_bytes, read_host
+from babysit.common.nvml import Nvml
+from babysit.core import gpus
 from babysit.core.outcome import has_ended
 from babysit.core.protocol import UNIT_PREFIX, BabysitError, State, log_command, unit_name
 from babysit.core.task import Caps, Outcome, Task
 from babysit.executors import output_file
 from babysit.executors.base import Capacity, Orphan, Reading, RunEvents, StartRefused
-from babysit.executors.systemd import accounting, journal
-from babysit.executors.systemd.cgroup import Layout, missing_controllers, read_sample
+from babysit.executors.systemd import accounting, fence, journal
+from babysit.executors.systemd.cgroup import Layout, missing_controllers, processes, read_sample
 from babysit.executors.systemd.ends import ACTIVE_STATES, UnitEnds, UnitWatch
 from babysit.executors.systemd.manager import UNIT, Systemd
 from babysit.executors.systemd.unit import (
@@ -60,7 +63,10 @@ class SystemdExecutor:
                  caps_missing: list[str], ends_dir: Path) -> None:
         self.systemd = systemd
         self.config = settings
-        self.host = read_host(settings)
+        self.nvml = Nvml()
+        self.host = replace(read_host(settings), gpus=self.nvml.read())
+        self.gpu_note = gpus.described(self.host.gpus or ()) or self.nvml.why()
+        self.private_dev = False  # whether a task's units get a /dev of their own (fence.py): see connect()
         self.layout = layout
         self.caps_missing = caps_missing
         self.advice: list[str] = []
@@ -95,6 +101,10 @@ class SystemdExecutor:
             executor.advice.insert(0, UNREADABLE_JOURNAL.format(executor.output_dir))
         elif rate_limited := journal.rate_limit_warning(journal.journald_config_texts()):
             executor.advice.insert(0, rate_limited)
+        if executor.host.gpus:
+            executor.private_dev = await asyncio.get_running_loop().run_in_executor(None, fence.private_dev_works)
+            if not executor.private_dev:
+                executor.advice.append(fence.NO_FENCE)
         return executor
 
     # --- the daemon's requests ----------------------------------------------------------------------
@@ -105,7 +115,7 @@ class SystemdExecutor:
         await self.systemd.subscribe(self.ends.on_unit_change)
 
     def capacity(self) -> Capacity:
-        return Capacity(self.host, free_mem_bytes())
+        return Capacity(self.host, free_mem_bytes(), gpus=self.nvml.read() if self.host.gpus else ())
 
     async def refresh(self) -> None:
         """capacity() reads the kernel's figures each time: always fresh."""
@@ -119,7 +129,7 @@ class SystemdExecutor:
                                                      self.layout.memory_dir(cgroup), self.layout.cpu_files(cgroup))
             output = str(self.output_dir / f"{task.name}-{task.id}.out") if self.output_dir else None
             await self.systemd.start_transient_unit(unit_name(task.name), start_properties(
-                task, self.config.stop_grace_s, stop_post, self.stdbuf, output))
+                task, self.config.stop_grace_s, stop_post, self.stdbuf, output, self.host.gpus or (), self.private_dev))
         except DBusError as e:
             self.ends.forget(task)
             raise StartRefused(f"systemd refused to start it: {e.text}") from None
@@ -140,22 +150,7 @@ class SystemdExecutor:
         return None  # queued tasks wait in babysit's own queue
 
     async def pause(self, task: Task, paused: bool) -> str:
-        """FreezeUnit; where systemd cannot freeze (cgroup v1 has no freezer for it), SIGSTOP to every process,
-        as pueue pauses (a process may notice: its children's SIGCHLD, a terminal's job control)."""
-        unit = unit_name(task.name)
-        if not paused:
-            if task.paused_by == "freeze":
-                await self.systemd.freeze_unit(unit, False)
-            else:
-                await self.systemd.kill_unit(unit, signals.SIGCONT)
-            return ""
-        try:
-            await self.systemd.freeze_unit(unit, True)
-            return "freeze"
-        except DBusError as e:
-            log.info("systemd cannot freeze %s (%s): pausing it with SIGSTOP", unit, e.text)
-        await self.systemd.kill_unit(unit, signals.SIGSTOP)
-        return "SIGSTOP"
+        return await pause_unit(self.systemd, unit_name(task.name), paused, task.paused_by)
 
     async def set_caps(self, task: Task, was: Caps) -> Caps:
         # the Description carries the estimates, for a daemon that has to take the unit up without records
@@ -174,7 +169,13 @@ class SystemdExecutor:
         watch.oom_kills, watch.failcnt = sample.oom_kills, sample.mem_failcnt or 0
         if task.output_file:
             output_file.bound(Path(task.output_file))
-        return Reading(sample.mem_bytes, sample.peak_mem_bytes, sample.cpu_ns / 1e9)
+        return Reading(sample.mem_bytes, sample.peak_mem_bytes, sample.cpu_ns / 1e9, self.gpu_use(task))
+
+    def gpu_use(self, task: Task) -> gpus.GpuUse | None:
+        """What the processes of the unit's cgroup hold on the task's GPUs, as NVML shows them."""
+        if not task.gpus:
+            return None
+        return gpus.use(self.nvml.read(), task.gpus, processes(self.layout, self.ends.cgroup_of(task)))
 
     def waiting_for(self, task: Task) -> str | None:
         return None  # queued tasks wait in babysit's own queue
@@ -297,3 +298,22 @@ class SystemdExecutor:
             log.warning("could not release %s: %s", unit, e.text)
         with contextlib.suppress(DBusError):  # (not referenced: started by an earlier babysitd, or unloaded)
             await self.systemd.unref_unit(unit)
+
+
+async def pause_unit(systemd: Systemd, unit: str, paused: bool, paused_by: str) -> str:
+    """FreezeUnit; where systemd cannot freeze (cgroup v1 has no freezer for it), SIGSTOP to every process,
+    as pueue pauses (a process may notice: its children's SIGCHLD, a terminal's job control). Thawing undoes
+    what `paused_by` says pausing did."""
+    if not paused:
+        if paused_by == "freeze":
+            await systemd.freeze_unit(unit, False)
+        else:
+            await systemd.kill_unit(unit, signals.SIGCONT)
+        return ""
+    try:
+        await systemd.freeze_unit(unit, True)
+        return "freeze"
+    except DBusError as e:
+        log.info("systemd cannot freeze %s (%s): pausing it with SIGSTOP", unit, e.text)
+    await systemd.kill_unit(unit, signals.SIGSTOP)
+    return "SIGSTOP"

@@ -48,6 +48,11 @@ PROPERTY_SIGNATURES: dict[str, str] = {
     "StandardErrorFileToAppend": "s",
     "SyslogIdentifier": "s",
     "RemainAfterExit": "b",
+    "DevicePolicy": "s",
+    "DeviceAllow": "a(ss)",
+    "PrivateUsers": "b",
+    "PrivateDevices": "b",
+    "BindPaths": "a(ssbt)",
 }
 
 

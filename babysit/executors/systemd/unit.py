@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from babysit.core.gpus import Gpu, visible_devices
 from babysit.core.protocol import SLICE, log_identifier
 from babysit.core.task import Buffering, Caps, Host, Task, TaskSpec, is_exported_function, spec_from_wire, split_env
+from babysit.executors.systemd.fence import fence_properties
 
 USEC = 1_000_000
 ENV = "/usr/bin/env"  # coreutils' env(1)
@@ -83,15 +85,18 @@ def unit_command(argv: list[str]) -> str:
 
 
 def start_properties(task: Task, stop_grace_s: float, stop_post: tuple[str, list[str], bool],
-                     stdbuf: str | None, output: str | None = None) -> dict[str, Any]:
+                     stdbuf: str | None, output: str | None = None, host_gpus: Sequence[Gpu] = (),
+                     private_dev: bool = False) -> dict[str, Any]:
     """Everything StartTransientUnit sets for a task (SPEC 'Caps applied to each unit'); its output goes to
     the journal, or to the file `output` where journald keeps none the user can read."""
     spec = task.spec
+    env = split_env(spec.env)[0] | gpu_env(task, host_gpus)
     return {
         "Description": description(task),
         "ExecStart": [exec_start(spec, stdbuf)],
         "WorkingDirectory": spec.cwd,
-        "Environment": [f"{k}={v}" for k, v in split_env(spec.env)[0].items()],
+        "Environment": [f"{k}={v}" for k, v in env.items()],
+        **fence_properties(task.gpus, host_gpus, private_dev),  # see fence.py
         "Slice": SLICE,
         # the final accounting (see babysit.accounting), which also outlives the unit for a daemon that
         # was down when it ended
@@ -112,6 +117,12 @@ def start_properties(task: Task, stop_grace_s: float, stop_post: tuple[str, list
         **cap_properties(task.caps),
         "RuntimeMaxUSec": int(task.caps.runtime_max_s * USEC),
     }
+
+
+def gpu_env(task: Task, host_gpus: Sequence[Gpu]) -> dict[str, str]:
+    """The devices a task was given, as CUDA names them; on a host with GPUs, a task given none sees none (an
+    empty CUDA_VISIBLE_DEVICES), as under Slurm's gres: a GPU admission did not count is not used."""
+    return {"CUDA_VISIBLE_DEVICES": visible_devices(task.gpus)} if task.gpus or host_gpus else {}
 
 
 def cap_properties(caps: Caps) -> dict[str, Any]:
