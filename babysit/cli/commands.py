@@ -379,7 +379,7 @@ def print_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
         typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
-HISTORY_COLUMNS = ("submitted", "name", "state", "elapsed/est", "peak mem/est", "p95 cpu/est")
+HISTORY_COLUMNS = ("submitted", "name", "state", "elapsed/est", "peak mem/est", "p95 cpu/est (gpu peak)")
 
 
 def history_row(run: dict[str, Any]) -> tuple[str, ...]:
@@ -392,7 +392,8 @@ def history_row(run: dict[str, Any]) -> tuple[str, ...]:
         + (f", attempt {run['attempt']}/{run['attempts']}" if run.get("attempts") else ""),
         f"{format_duration(elapsed) if elapsed is not None else '-'}/{format_duration(run['estimated_time_s'])}",
         f"{format_size(run.get('peak_mem_bytes'))}/{format_size(run['estimated_mem_bytes'])}",
-        f"{'-' if p95 is None else f'{p95:.1f}'}/{run['estimated_cpu_cores']:g}",
+        f"{'-' if p95 is None else f'{p95:.1f}'}/{run['estimated_cpu_cores']:g}"
+        + (f" · gpu peak {format_size(run['peak_gpu_mem_bytes'])}" if run.get("peak_gpu_mem_bytes") else ""),
     )
 
 
@@ -652,7 +653,7 @@ def ping() -> None:
 
     version, capacity = call(ping_and_check, first_use=False)
     typer.echo(f"pong {version}")
-    typer.echo(f"gpus: {capacity.get('gpu_note') or 'none'}")
+    typer.echo(f"gpus: {capacity.get('gpu_note') or 'none'}", err=True)  # stdout stays one line, for scripts
     warnings = capacity.get("warnings", [])
     for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from babysit.core.gpus import Gpu
 
 log = logging.getLogger("babysitd")
 READ_EVERY_S = 0.5
+DRIVER = "/proc/driver/nvidia"  # there while NVIDIA's kernel driver is loaded
 
 
 class Nvml:
@@ -27,7 +29,8 @@ class Nvml:
         try:
             import pynvml  # an optional extra: a host without GPUs need not install it
         except ImportError:
-            self.why_none = "none: the NVML binding is not installed (pip install 'babysit[gpu]')"
+            self.why_none = ("none: the NVML binding is not installed (pip install 'babysit[gpu]')"
+                             if Path(DRIVER).exists() else "none: no NVIDIA driver on this host")
             return
         try:
             pynvml.nvmlInit()

@@ -157,7 +157,8 @@ def capacity_report(host: Host, free_mem_bytes: int, running: Sequence[Reservati
 def gpu_report(g: Gpu, held_by: str | None) -> dict[str, Any]:
     return {"index": g.index, "uuid": g.uuid, "name": g.name, "minor": g.minor, "total_bytes": g.total_bytes,
             "used_bytes": g.used_bytes, "free_bytes": g.free_bytes, "utilization_pct": g.utilization_pct,
-            "held_by": held_by or ""}
+            "held_by": held_by or "",
+            "processes": [{"pid": pid, "used_bytes": used} for pid, used in sorted(g.processes.items())]}
 
 
 def fits(capacity: dict[str, Any], asked: Room) -> Decision:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from babysit import __version__
 from tests import fakegpu
 from tests.integration.conftest import babysit, daemon_config, manager_environment, on_slurm, restart_daemon, status
 from tests.waiting import wait_for
@@ -60,7 +61,8 @@ def said(name: str, text: str) -> bool:
 
 def test_ping_and_capacity_show_the_gpus(figures: Path) -> None:
     pong = babysit("ping")
-    assert "gpus: 2 GPU(s): 0 Fake GPU (16 GiB), 1 Fake GPU (16 GiB)" in pong.stdout, pong
+    assert pong.stdout == f"pong {__version__}\n", pong  # one line, for scripts; the rest on stderr
+    assert "gpus: 2 GPU(s): 0 Fake GPU (16 GiB), 1 Fake GPU (16 GiB)" in pong.stderr, pong
     called = subprocess.run(["busctl", "--user", "--json=short", "call", "org.babysit", "/org/babysit/Scheduler",
                              "org.babysit.Scheduler", "Capacity"], capture_output=True, text=True, timeout=30)
     assert called.returncode == 0, called.stderr
@@ -128,6 +130,7 @@ def test_gpu_memory_past_the_estimate_warns_and_twice_it_is_killed_with_a_hint(
     assert max(timeline["gpu_mem_bytes"]) == int(2.5 * GiB), timeline
     (past,) = json.loads(babysit("history", f"--name={task_name}", "--json").stdout)
     assert (past["kill_reason"], past["peak_gpu_mem_bytes"]) == ("gpu_mem_2x_sustained", int(2.5 * GiB)), past
+    assert "gpu peak 2.5 GiB" in babysit("history", f"--name={task_name}").stdout
 
 
 def test_a_runs_gpu_memory_is_learnt_for_the_next_run(figures: Path, task_name: str) -> None:

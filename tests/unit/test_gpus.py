@@ -112,6 +112,8 @@ def test_the_capacity_report_shows_each_device_and_who_holds_it_and_a_client_dec
     assert fits(report, ask(1, GiB)) == decide(HOST, PLENTY, running, ask(1, GiB), gpus=TWO)
     assert not fits(report, ask(2, GiB)).admit
     assert "gpus" not in capacity_report(HOST, PLENTY, [], [])
+    busy = (gpus.Gpu(0, A, "F", 0, 80 * GiB, 5 * GiB, 0.0, {42: 5 * GiB}),)
+    assert capacity_report(HOST, PLENTY, [], [], busy)["gpus"][0]["processes"] == [{"pid": 42, "used_bytes": 5 * GiB}]
 
 
 def test_a_runs_gpu_peak_outlives_its_end_and_is_learnt_from() -> None:
