@@ -151,23 +151,30 @@ OPENER = ("import sys\nfor path in sys.argv[1:]:\n    try:\n        open(path, '
           "    except OSError as e:\n        print(path, e.strerror)\n")
 
 
-def device_nodes() -> list[Path]:
+@pytest.fixture
+def device_nodes(figures: Path) -> Iterator[list[Path]]:
     """/dev/nvidia0 and /dev/nvidia1, the stand-in devices' nodes (minors 0 and 1), made as NVIDIA's driver makes
-    them where they are not there; without the driver, opening one that is reachable fails with ENXIO."""
-    nodes = [Path("/dev/nvidia0"), Path("/dev/nvidia1")]
-    for minor, node in enumerate(nodes):
-        if not node.exists():
-            made = subprocess.run(["sudo", "-n", "mknod", "-m", "666", str(node), "c", "195", str(minor)],
-                                  capture_output=True, text=True)
-            if made.returncode != 0:
-                pytest.skip(f"cannot make {node} here (needs root): {made.stderr.strip()}")
-    return nodes
-
-
-def test_a_task_can_open_only_the_gpu_it_was_given(figures: Path, task_name: str) -> None:
+    them where they are not there (and removed after); without the driver, opening a reachable one fails
+    with ENXIO. Only where the fence can hold: a user manager that can make a private /dev."""
     if "cannot give a task a /dev of its own" in babysit("ping").stderr:
         pytest.skip("this host's user manager cannot make a private /dev, and ping says so")
-    nodes = device_nodes()
+    nodes, made = [Path("/dev/nvidia0"), Path("/dev/nvidia1")], []
+    try:
+        for minor, node in enumerate(nodes):
+            if not node.exists():
+                done = subprocess.run(["sudo", "-n", "mknod", "-m", "666", str(node), "c", "195", str(minor)],
+                                      capture_output=True, text=True)
+                if done.returncode != 0:
+                    pytest.skip(f"cannot make {node} here (needs root): {done.stderr.strip()}")
+                made.append(node)
+        yield nodes
+    finally:
+        for node in made:
+            subprocess.run(["sudo", "-n", "rm", "-f", str(node)], check=True)
+
+
+def test_a_task_can_open_only_the_gpu_it_was_given(task_name: str, device_nodes: list[Path]) -> None:
+    nodes = device_nodes
     command = f'exec python3 -c "{OPENER}" {" ".join(map(str, nodes))}'
     assert babysit("run", f"--name={task_name}", f"--command={command}", "--gpus=1", *SMALL).returncode == 0
     result = json.loads(babysit("wait", f"--name={task_name}", timeout=60).stdout)
