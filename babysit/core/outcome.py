@@ -160,4 +160,5 @@ def final_usage(sampled: Usage, final: FinalAccounting | None, oom: bool, memory
         peak = max(peak or 0, memory_max_bytes)
     if final and final.cpu_ns is not None:
         cpu_seconds = final.cpu_ns / 1e9
-    return Usage(0, peak, cpu_seconds, 0.0, peak_gpu_mem_bytes=sampled.peak_gpu_mem_bytes)  # NVML keeps no total
+    # the last CPU rate sampled stays: a cpu_2x_sustained kill's hint cites it (NVML keeps no GPU total either)
+    return Usage(0, peak, cpu_seconds, sampled.cpu_cores, peak_gpu_mem_bytes=sampled.peak_gpu_mem_bytes)

@@ -118,6 +118,7 @@ def test_final_usage(sampled: Usage, final: FinalAccounting | None, oom: bool,
                      expected: tuple[int | None, float | None]) -> None:
     usage = final_usage(sampled, final, oom, 192 * MiB)
     assert (usage.peak_mem_bytes, usage.cpu_seconds) == expected
+    assert usage.cpu_cores == sampled.cpu_cores  # the last rate sampled: what a CPU kill's hint cites
 
 
 @pytest.mark.parametrize("status, words", [(200, "CHDIR"), (203, "EXEC"), (217, "USER")])

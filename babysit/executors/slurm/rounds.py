@@ -134,7 +134,7 @@ class Rounds(Reporting):
         if outcome.kill_reason == KillReason.OOM:  # Slurm ended it at --mem, whatever sstat last saw
             peak = max(peak, task.caps.memory_max_bytes)
         cpu_seconds = seen.cpu_seconds if seen and seen.cpu_seconds is not None else task.usage.cpu_seconds
-        await self.daemon.ended(task.id, outcome, Usage(0, peak or None, cpu_seconds, 0.0))
+        await self.daemon.ended(task.id, outcome, Usage(0, peak or None, cpu_seconds, task.usage.cpu_cores))
 
     async def lost(self, tracked: Tracked, now: float) -> None:
         """A job Slurm does not know: not yet (sacct lags), or not any more (forgotten after MinJobAge)."""
