@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from babysit.core.protocol import InvalidArgument
 
@@ -64,6 +65,12 @@ def size_flag(size: float) -> str:
         if size >= factor:
             return f"{-(-size // factor):.0f}{unit}"
     return f"{size:.0f}"
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as text that parse_duration reads back as exactly the same float (`1036800.0s`), for the
+    values babysit itself writes into a spec: no exponent, no rounding."""
+    return f"{Decimal(repr(float(seconds))):f}s"
 
 
 def format_duration(seconds: float) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from babysit.core.gpus import Gpu, never_fits
 from babysit.core.protocol import ExceedsCap, InvalidArgument, KillReason, State
-from babysit.core.quantities import format_size, parse_duration, parse_size
+from babysit.core.quantities import duration_text, format_duration, format_size, parse_duration, parse_size
 from babysit.core.stopping import Sent, Stopping, parse_signal, parse_warn_signal
 from babysit.core.workflow import (
     DEFAULT_RETRY_ON,
@@ -40,6 +40,7 @@ DEFAULT_MEM_BYTES = 4 * GiB
 DEFAULT_CPU_CORES = 4.0
 DEFAULT_GPU_MEM_BYTES = 4 * GiB  # per GPU, at most the smallest device's memory
 MAX_GPUS = 64
+MAX_STOP_GRACE_S = 3600.0  # a stop that may take a year is no stop (Slurm's KillWait is at most 65533 s)
 RUNTIME_BACKSTOP_MARGIN_S = 60.0  # RuntimeMaxSec ends a task even without the daemon, a little later
 # systemd's own variables for a unit's processes; copying the caller's would mislead the task
 SYSTEMD_ENV = {"NOTIFY_SOCKET", "INVOCATION_ID", "JOURNAL_STREAM", "LISTEN_PID", "LISTEN_FDS",
@@ -177,12 +178,14 @@ def clean_env(env: Mapping[str, str]) -> dict[str, str]:
     dropped), no systemd-owned variables, not too big."""
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise InvalidArgument("env must map names to strings")
-    env = {k: v for k, v in env.items() if k not in unusable_env_names(env)}
-    size = sum(len(k.encode()) + len(v.encode(errors="replace")) + 2 for k, v in env.items())
+    # bounded before anything else is done with it: a caller's environment is the caller's to size
+    size = sum(len(k.encode(errors="replace")) + len(v.encode(errors="replace")) + 2 for k, v in env.items())
     if size > MAX_ENV_BYTES:
         largest = sorted(env, key=lambda k: len(env[k]), reverse=True)[:3]
         raise InvalidArgument(f"the environment is {size} bytes, more than babysit takes ({MAX_ENV_BYTES}); the "
                               f"largest variables: {', '.join(largest)} (unset what the task does not need)")
+    unusable = set(unusable_env_names(env))
+    env = {k: v for k, v in env.items() if k not in unusable}
     return {k: v for k, v in env.items() if k not in SYSTEMD_ENV and "\0" not in v}
 
 
@@ -243,8 +246,10 @@ def stopping_from_wire(wire: Mapping[str, Any]) -> Stopping:
     stop_signal = _get(wire, "stop_signal", (str,)) or "SIGTERM"
     warn = _get(wire, "warn_signal", (str,)) or ""
     warn_signal, warn_before_s = parse_warn_signal(warn) if warn else ("", 0.0)
-    return Stopping(parse_signal(stop_signal, "stop_signal"), _duration(wire, "stop_grace", 0.0), warn_signal,
-                    warn_before_s)
+    grace_s = _duration(wire, "stop_grace", 0.0)
+    if grace_s > MAX_STOP_GRACE_S:
+        raise InvalidArgument(f"stop_grace must be at most {format_duration(MAX_STOP_GRACE_S)}: a stop must end")
+    return Stopping(parse_signal(stop_signal, "stop_signal"), grace_s, warn_signal, warn_before_s)
 
 
 def _words(wire: Mapping[str, Any], key: str) -> str | None:
@@ -317,7 +322,7 @@ def spec_to_wire(spec: TaskSpec) -> dict[str, Any]:
         "estimated_cpu_cores": e.cpu_cores, "request_id": spec.request_id, "buffering": str(spec.buffering),
         "priority": spec.priority, "stop_signal": spec.stopping.signal,
         **({"stop_grace": spec.stopping.grace_s} if spec.stopping.grace_s else {}),
-        **({"warn_signal": f"{spec.stopping.warn_signal}@{spec.stopping.warn_before_s:g}s"}
+        **({"warn_signal": f"{spec.stopping.warn_signal}@{duration_text(spec.stopping.warn_before_s)}"}
            if spec.stopping.warn_signal else {}),
         **({"gpus": e.gpus, "estimated_gpu_mem_bytes": e.gpu_mem_bytes} if e.gpus else {}),
     }

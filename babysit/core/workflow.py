@@ -125,7 +125,9 @@ class Sweep:
     limit: int = 0
 
 
-ARRAY_PART = re.compile(r"(\d+)(?:-(\d+)(?::(\d+))?)?")
+# ASCII digits, and no more of them than MAX_INDEX has: `int()` would also take other scripts' digits, and
+# thousands of digits cost it quadratic time
+ARRAY_PART = re.compile(r"([0-9]{1,8})(?:-([0-9]{1,8})(?::([0-9]{1,8}))?)?")
 
 
 def parse_array(text: str) -> Sweep:
@@ -142,7 +144,7 @@ def parse_array(text: str) -> Sweep:
         if (high - low) // step + 1 + len(indices) > MAX_MEMBERS:
             raise InvalidArgument(f"array: at most {MAX_MEMBERS} members in one sweep")
         indices.update(dict.fromkeys(range(low, high + 1, step)))
-    if limit_text and (not limit_text.isdigit() or int(limit_text) < 1):
+    if limit_text and (not re.fullmatch(r"[0-9]{1,8}", limit_text) or int(limit_text) < 1):
         raise InvalidArgument(f"array: %{limit_text} must be a number of members, at least 1")
     return Sweep(tuple(indices), int(limit_text or 0))
 

@@ -9,7 +9,6 @@ from dataclasses import replace
 
 from babysit.common.config import Config
 from babysit.core import history
-from babysit.core.protocol import BabysitError
 from babysit.core.task import Outcome, Task, derive_caps
 from babysit.core.timeline import Timeline
 from babysit.daemon.learning import Learning
@@ -41,19 +40,17 @@ class Endings:
             outcome = replace(outcome,
                               history=self.learning.earlier(task, history.KILLING_FIGURE[outcome.kill_reason]))
         outcome, again = self.workflows.retry(task, outcome)  # from what the hint, with its history, says
-        task = self.ledger.save(task.with_(state=outcome.state, outcome=outcome, finished_at=time.time()),
-                                outcome.detail, timeline)
+        following = (again, derive_caps(again, self.executor.host)) if again else None
+        if again:
+            log.info("%s: %s", task.name, outcome.retry)
+        # the end and its next attempt are one commit: no end promises an attempt that does not exist
+        task = self.ledger.end(task.with_(state=outcome.state, outcome=outcome, finished_at=time.time()),
+                               outcome.detail, timeline, following)
         await self.executor.release(task)  # the name stays taken meanwhile: a new run must not meet the old one
         self.since_prune += 1
         if self.since_prune >= PRUNE_EVERY:
             self.prune()
-        self.ledger.forget(task)
-        if again:  # in the same turn as the name was freed: no other run can take it in between
-            try:
-                following = self.ledger.add(again, derive_caps(again, self.executor.host))
-                log.info("%s: %s (run #%d)", task.name, outcome.retry, following.id)
-            except BabysitError as e:
-                log.warning("%s: its next attempt could not be queued: %s", task.name, e)
+        self.ledger.forget(task)  # and the next attempt, if there is one, takes the name in the same turn
 
     def prune(self) -> None:
         """Keep the history bounded (config history_max_runs and history_max_days); not while the store takes
@@ -61,7 +58,11 @@ class Endings:
         if self.ledger.pending:
             return
         self.since_prune = 0
+        # the runs still live, and those their dependencies and retries name, stay whatever their age
+        live = list(self.ledger.tasks.values()) + list(self.ledger.following.values())
+        needed = {t.id for t in live} | {d.run_id for t in live for d in t.spec.workflow.after} | {
+            t.spec.workflow.first_run for t in live}
         gone = self.ledger.store.prune(int(self.config.history_max_runs), self.config.history_max_days * 86400,
-                                       time.time())
+                                       time.time(), needed)
         if gone:
             log.info("forgot %d finished runs beyond the history's bounds", gone)

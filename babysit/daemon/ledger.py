@@ -42,6 +42,8 @@ class Ledger:
         self.pending: list[Write] = []  # changes the store did not take yet, in order
         self.unstored: dict[str, Task] = {}  # finished runs whose end is among them, by name
         self.unwritable = ""  # why the store takes no writes, while it does not
+        # next attempts stored with their run's end, by name, until that run is let go of (forget)
+        self.following: dict[str, Task] = {}
 
     def by_id(self, task_id: int) -> Task | None:
         return next((t for t in self.tasks.values() if t.id == task_id), None)
@@ -94,6 +96,37 @@ class Ledger:
         self.track(task)  # a finished one stays until its executor let go of it
         return task
 
+    def end(self, task: Task, detail: str, timeline: Timeline | None, following: tuple[TaskSpec, Caps] | None) -> Task:
+        """Store a run's end and its next attempt (where it is retried) as one change, then publish the end.
+        The attempt joins the live tasks once its run is let go of (forget), or once the store takes the
+        change, if that is later: kept in memory meanwhile, like any change the store does not take yet."""
+        at = time.time()
+
+        def change(db: Store) -> None:
+            db.save(task, at, detail, timeline, following)
+            attempt = db.after(task.id, task.name) if following else None
+            if attempt is not None:
+                self.arrived(attempt)
+
+        self.write(change)
+        self.track(task)
+        return task
+
+    def arrived(self, attempt: Task) -> None:
+        """A next attempt is stored: it joins the live tasks when its name is free."""
+        if attempt.name in self.tasks:
+            self.following[attempt.name] = attempt
+        else:
+            self.track(attempt)
+
+    def update(self, task: Task, **changes: Any) -> Task | None:
+        """Change a live run as it is now, not as it was when the caller read it: what happened during an
+        await (a kill asked for, an end) stays. None when it has ended meanwhile, and nothing is written."""
+        now = self.by_id(task.id)
+        if now is None or now.state.terminal:
+            return None
+        return self.save(now.with_(**changes))
+
     def add(self, spec: TaskSpec, caps: Caps) -> Task:
         """A new run's record. It needs its id from the store now, after every change kept before it: while
         the store takes no writes, the run is refused (StoreUnavailable), not kept."""
@@ -136,11 +169,15 @@ class Ledger:
 
     def forget(self, task: Task) -> None:
         """A finished task its executor has let go of: its name is free again."""
-        self.tasks.pop(task.name, None)
+        if self.tasks.get(task.name, task).id == task.id:
+            self.tasks.pop(task.name, None)
         if self.pending:  # its end is not stored yet: status and wait still find it here
             self.unstored[task.name] = task
         if self.publisher:
             self.publisher.task_finished(task)
+        attempt = self.following.pop(task.name, None)
+        if attempt is not None:
+            self.track(attempt)
 
     def publish(self, task: Task) -> None:
         if self.publisher:

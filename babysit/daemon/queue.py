@@ -11,7 +11,7 @@ from babysit.common import failpoints
 from babysit.common.background import Background, carry_on
 from babysit.common.config import Config
 from babysit.core.capacity import assignment
-from babysit.core.protocol import KillReason, State
+from babysit.core.protocol import BabysitError, KillReason, State
 from babysit.core.task import Outcome, Task
 from babysit.core.timeline import Timeline
 from babysit.daemon.admission import Admission
@@ -73,19 +73,30 @@ class Queue:
         for task in [] if self.draining else plan.ready:
             if task.id in self.handover.pending:  # the executor's soon
                 continue
-            if not self.executor.queues:  # (a sweep goes to Slurm as one array job, its estimates the first's)
-                task = self.workflows.relearn(task)
-            decision = self.admission.decide(task.spec.estimates, [])
-            if self.executor.trouble or not self.admission.hands_over(decision):
-                break
-            if decision.requested.gpus and not self.executor.queues:  # its own devices, chosen now
-                task = self.ledger.save(task.with_(gpus=assignment(decision)))
-            if self.executor.queues:  # which holds it back by its own dependencies, on the runs of now
-                handed.append(self.workflows.rebind(task))
-            else:
-                await self.spawn(task)
+            try:
+                if not await self.hand_over(task, handed):
+                    break
+            except BabysitError as e:  # one task's values must never stop the queue, nor babysitd's start
+                log.error("%s cannot start: %s", task.name, e)
+                await self.finish(task, Outcome(State.FAILED, detail=f"babysit could not start it: {e}"))
         self.handover.give(handed)
         self.ledger.capacity_changed()
+
+    async def hand_over(self, task: Task, handed: list[Task]) -> bool:
+        """Start a ready task if it fits (or, for an executor with its own queue, add it to `handed`); whether
+        the next one may be looked at."""
+        if not self.executor.queues:  # (a sweep goes to Slurm as one array job, its estimates the first's)
+            task = self.workflows.relearn(task)
+        decision = self.admission.decide(task.spec.estimates, [])
+        if self.executor.trouble or not self.admission.hands_over(decision):
+            return False
+        if decision.requested.gpus and not self.executor.queues:  # its own devices, chosen now
+            task = self.ledger.save(task.with_(gpus=assignment(decision)))
+        if self.executor.queues:  # which holds it back by its own dependencies, on the runs of now
+            handed.append(self.workflows.rebind(task))
+        else:
+            await self.spawn(task)
+        return True
 
     def plan(self) -> Plan:
         """What each queued task may do now (workflows.Plan)."""

@@ -22,7 +22,8 @@ from babysit.common.config import Config
 from babysit.core import history, report
 from babysit.core.capacity import refusal, requested_room, room, shortfall
 from babysit.core.protocol import (
-    DRAINED, CapacityExceeded, CapsUnavailable, ExecutorUnavailable, InvalidArgument, KillReason, QueueFull, State,
+    DRAINED, CapacityExceeded, CapsUnavailable, ExecutorUnavailable, InvalidArgument, KillReason, NotRunning, QueueFull,
+    State,
 )
 from babysit.core.quantities import format_duration
 from babysit.core.task import (
@@ -128,9 +129,11 @@ class Scheduler:
                                       f"(the {self.executor.kind} backstop set at its start)")
             caps = replace(caps, runtime_max_s=task.caps.runtime_max_s)
             caps = await self.executor.set_caps(task.with_(spec=spec, caps=caps), task.caps)
-        task = self.ledger.save(task.with_(spec=spec, caps=caps))
-        if task.state == State.RUNNING and self.supervisor.watching(task.id):
-            self.supervisor.arm(task)
+        adjusted = self.ledger.update(task, spec=spec, caps=caps)  # a kill or an end meanwhile stays
+        if adjusted is None:
+            raise NotRunning(f"task {name!r} ended while it was being adjusted")
+        if adjusted.state == State.RUNNING and self.supervisor.watching(adjusted.id):
+            self.supervisor.arm(adjusted)
         await self.queue.drain()
 
     async def hold(self, name: str, held: bool) -> None:

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,6 +120,16 @@ def rowid(cursor: sqlite3.Cursor) -> int:
     """The id of the row an INSERT just made."""
     assert cursor.lastrowid is not None
     return cursor.lastrowid
+
+
+def insert(db: sqlite3.Connection, spec: TaskSpec, caps: Caps, at: float) -> int:
+    """A queued run's record, inside the caller's transaction; its id."""
+    cursor = db.execute(
+        "INSERT INTO tasks (name, state, submitted_at, spec, caps, usage) VALUES (?, ?, ?, ?, ?, ?)",
+        (spec.name, State.QUEUED.value, at, json.dumps(asdict(spec)), json.dumps(asdict(caps)),
+         json.dumps(asdict(Usage()))))
+    db.execute("INSERT INTO transitions (task_id, at, state) VALUES (?, ?, ?)", (rowid(cursor), at, State.QUEUED.value))
+    return rowid(cursor)
 
 
 class Damaged(sqlite3.DatabaseError):
@@ -268,18 +278,10 @@ class Store:
 
     def add_all(self, specs: list[TaskSpec], caps: list[Caps], at: float) -> list[Task]:
         """New queued runs in one transaction (a sweep's members): all of them, or none (NameInUse)."""
-        ids = []
         try:
             with self.db:
                 self.db.execute("BEGIN")
-                for spec, cap in zip(specs, caps, strict=True):
-                    cursor = self.db.execute(
-                        "INSERT INTO tasks (name, state, submitted_at, spec, caps, usage) VALUES (?, ?, ?, ?, ?, ?)",
-                        (spec.name, State.QUEUED.value, at, json.dumps(asdict(spec)), json.dumps(asdict(cap)),
-                         json.dumps(asdict(Usage()))))
-                    ids.append(rowid(cursor))
-                self.db.executemany("INSERT INTO transitions (task_id, at, state) VALUES (?, ?, ?)",
-                                    [(task_id, at, State.QUEUED.value) for task_id in ids])
+                ids = [insert(self.db, spec, cap, at) for spec, cap in zip(specs, caps, strict=True)]
         except sqlite3.IntegrityError:
             live = (s.name for s in specs
                     if self.db.execute(f"SELECT 1 FROM tasks WHERE name = ? AND state IN {LIVE}", (s.name,)).fetchone())
@@ -305,9 +307,11 @@ class Store:
         row = self.db.execute("SELECT name FROM tasks WHERE id = ?", (run_id,)).fetchone()
         return row["name"] if row else None
 
-    def save(self, task: Task, at: float, detail: str = "", timeline: Timeline | None = None) -> Task:
+    def save(self, task: Task, at: float, detail: str = "", timeline: Timeline | None = None,
+             following: tuple[TaskSpec, Caps] | None = None) -> Task:
         """Write a run's current record (and its timeline, when given); a change of state is also logged
-        as a transition. One transaction: a run's end is one commit."""
+        as a transition. One transaction: a run's end is one commit, with its next attempt where it is
+        retried (`following`), so no end is stored that promises an attempt that does not exist."""
         # the caller's environment (API keys, tokens) is kept only while the run may still need it
         spec = replace(task.spec, env={}) if task.state.terminal else task.spec
         with self.db:
@@ -330,6 +334,8 @@ class Store:
                                 (task.id, at, task.state.value, detail))
             if timeline is not None:
                 self.save_timeline(task, timeline)
+            if following:
+                insert(self.db, *following, at)
         if task.spec.env and spec is not task.spec:
             self.scrub()
         return task
@@ -416,15 +422,18 @@ class Store:
                 found[row["id"]] = row
         return [past(found[i]) for i in sorted(found)]
 
-    def prune(self, keep_runs: int, keep_s: float, now: float) -> int:
-        """Forget finished runs beyond the newest `keep_runs`, or older than `keep_s`; how many went."""
+    def prune(self, keep_runs: int, keep_s: float, now: float, needed: Collection[int] = ()) -> int:
+        """Forget finished runs beyond the newest `keep_runs`, or older than `keep_s`, but those `needed`
+        (runs queued tasks wait on, runs whose end is not let go of yet); how many went."""
         pruned = (f"SELECT id FROM tasks WHERE state NOT IN {LIVE} AND (submitted_at < ? OR id NOT IN "
-                  f"(SELECT id FROM tasks WHERE state NOT IN {LIVE} ORDER BY id DESC LIMIT ?))")
+                  f"(SELECT id FROM tasks WHERE state NOT IN {LIVE} ORDER BY id DESC LIMIT ?)) "
+                  "AND id NOT IN (SELECT value FROM json_each(?))")
         with self.db:
             self.db.execute("BEGIN")
             for table, key in (("transitions", "task_id"), ("events", "task_id"), ("timelines", "task_id"),
                                ("tasks", "id")):  # the runs last: the others are found through them
-                gone = self.db.execute(f"DELETE FROM {table} WHERE {key} IN ({pruned})", (now - keep_s, keep_runs))
+                gone = self.db.execute(f"DELETE FROM {table} WHERE {key} IN ({pruned})",
+                                       (now - keep_s, keep_runs, json.dumps(sorted(needed))))
         return gone.rowcount
 
     def add_event(self, task: Task, kind: str, data: dict[str, Any], at: float) -> None:

@@ -75,8 +75,13 @@ class Supervisor:
 
     async def stop(self, task: Task, reason: KillReason) -> None:
         """A graceful stop babysit decided on: remembered first, so a restart still knows why."""
-        sent = (Sent.stop(task.spec.stopping.signal, time.time(), reason),) if task.state == State.RUNNING else ()
-        task = self.ledger.save(task.with_(kill_requested=reason, signals=task.signals + sent))
+        now = self.ledger.by_id(task.id)
+        if now is None or now.state.terminal:  # it ended meanwhile
+            return
+        task = now
+        if not task.kill_requested:  # the first reason stays: a second stop only asks again
+            sent = (Sent.stop(task.spec.stopping.signal, time.time(), reason),) if task.state == State.RUNNING else ()
+            task = self.ledger.save(task.with_(kill_requested=reason, signals=task.signals + sent))
         if task.paused_at is not None:  # a frozen process could not act on its stop signal
             with carry_on(f"thawing {task.name} to stop it"):
                 task = await self.thaw(task)
@@ -85,12 +90,14 @@ class Supervisor:
     async def pause(self, task: Task) -> Task:
         """Freeze a running task; its deadlines and 2x windows stand still until it is resumed."""
         how = await self.executor.pause(task, True)
+        paused = self.ledger.update(task, paused_at=time.time(), paused_by=how)
+        if paused is None:  # it ended meanwhile
+            return task
         watch = self.watch(task.id)
         watch.paused_since = time.monotonic()
         log.info("paused %s (%s)", task.name, how)
-        task = self.ledger.save(task.with_(paused_at=time.time(), paused_by=how))
-        self.arm(task)
-        return task
+        self.arm(paused)
+        return paused
 
     async def resume(self, task: Task) -> Task:
         """Thaw a paused task: its deadlines go on from where they stood, its 2x windows start afresh."""
@@ -110,7 +117,7 @@ class Supervisor:
         watch.last_output_at += paused
         watch.paused_since = None
         log.info("thawed %s after %.1fs paused", task.name, paused)
-        return self.ledger.save(task.with_(paused_at=None, paused_by="", paused_s=task.paused_s + paused))
+        return self.ledger.update(task, paused_at=None, paused_by="", paused_s=task.paused_s + paused) or task
 
     async def send(self, task: Task, signal: str, why: str) -> None:
         """A warning signal to a running task, kept in its record (its terminal JSON lists it)."""
@@ -118,8 +125,8 @@ class Supervisor:
             return
         log.info("sent %s to %s: %s", signal, task.name, why)
         now = self.ledger.by_id(task.id)
-        if now is not None and now.state == State.RUNNING:  # (an end recorded meanwhile stays as it is)
-            self.ledger.save(now.with_(signals=now.signals + (Sent(signal, time.time(), why),)))
+        if now is not None:  # (an end recorded meanwhile stays as it is)
+            self.ledger.update(now, signals=now.signals + (Sent(signal, time.time(), why),))
 
     # --- each tick ----------------------------------------------------------------------------------
 

@@ -159,14 +159,16 @@ class Workflows:
         if not keys:
             return task
         wire = {k: v for k, v in spec_to_wire(task.spec).items() if k not in keys}
-        spec, runs = self.learning.spec(wire)
-        if not runs or spec.estimates == task.spec.estimates:
-            return task
-        spec = replace(task.spec, estimates=spec.estimates, estimates_from=spec.estimates_from)
         try:
-            return self.ledger.save(task.with_(spec=spec, caps=derive_caps(spec, self.executor.host)))
-        except BabysitError:
+            spec, runs = self.learning.spec(wire)
+            if not runs or spec.estimates == task.spec.estimates:
+                return task
+            spec = replace(task.spec, estimates=spec.estimates, estimates_from=spec.estimates_from)
+            caps = derive_caps(spec, self.executor.host)
+        except BabysitError as e:  # what it was submitted with stands
+            log.warning("%s keeps the estimates it was submitted with: %s", task.name, e)
             return task
+        return self.ledger.save(task.with_(spec=spec, caps=caps))
 
     # --- a run's end ----------------------------------------------------------------------------------
 
