@@ -33,7 +33,8 @@ class Dependency:
 
     name: str
     condition: Condition = Condition.COMPLETED
-    run_id: int = 0  # 0 until bound
+    run_id: int = 0  # 0 until bound, and for a sweep
+    sweep: str = ""  # where the name is a sweep's: which submission of it (one edge for all its members)
 
     def __str__(self) -> str:
         return self.name if self.condition == Condition.COMPLETED else f"{self.name}:{self.condition}"
@@ -83,8 +84,8 @@ def workflow_from_json(data: Mapping[str, Any] | None) -> Workflow:
     """A stored workflow (absent in records from before workflows)."""
     if not data:
         return Workflow()
-    return Workflow(**{**data, "after": tuple(Dependency(d["name"], Condition(d["condition"]), d["run_id"])
-                                              for d in data.get("after", ())),
+    return Workflow(**{**data, "after": tuple(Dependency(d["name"], Condition(d["condition"]), d["run_id"],
+                                                         d.get("sweep", "")) for d in data.get("after", ())),
                        "retry_on": tuple(data.get("retry_on", DEFAULT_RETRY_ON)),
                        "learn": tuple(data.get("learn", ()))})
 
@@ -173,6 +174,23 @@ def verdict(dependency: Dependency, state: State | None) -> Verdict:
     if not state.terminal:
         return Verdict.WAIT
     return Verdict.MET if dependency.condition == Condition.ANY or state == State.COMPLETED else Verdict.BROKEN
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a sweep's members stand now, for a task that waits for the sweep."""
+
+    members: int = 0
+    live: int = 0  # not ended, or ended with a next attempt to come
+    ended_otherwise: str = ""  # the first member that ended other than completed, and how
+
+
+def sweep_verdict(dependency: Dependency, standing: Standing) -> Verdict:
+    """What a sweep, standing so, means for a task that waits for it: with `:any` every member must end;
+    without, every member must complete, and the first that does not breaks the dependency at once."""
+    if not standing.members or standing.ended_otherwise and dependency.condition == Condition.COMPLETED:
+        return Verdict.BROKEN
+    return Verdict.WAIT if standing.live else Verdict.MET
 
 
 def end_kind(state: State, kill_reason: KillReason | None) -> str | None:

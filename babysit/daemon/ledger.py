@@ -183,6 +183,11 @@ class Ledger:
         if self.publisher:
             self.publisher.task_changed(task)
 
+    def setting(self, key: str, value: str | None) -> None:
+        """Keep one of babysitd's own settings (None: forget it), like any change: in order, and in memory
+        while the store takes no writes."""
+        self.write(lambda db: db.settings.set(key, value))
+
     def add_event(self, task: Task, kind: str, data: dict[str, Any]) -> None:
         at = time.time()
         self.write(lambda db: db.add_event(task, kind, data, at))

@@ -45,7 +45,7 @@ class Queue:
 
     def drain_admission(self, on: bool) -> None:
         """`babysit drain`: admit no queued task (running ones go on) until `babysit undrain`."""
-        self.ledger.store.settings.set(DRAINING, "1" if on else None)
+        self.ledger.setting(DRAINING, "1" if on else None)
         self.draining = on
         log.info("admission %s", "drained: queued tasks wait" if on else "goes on")
 

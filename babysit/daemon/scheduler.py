@@ -85,7 +85,7 @@ class Scheduler:
                                 "more than babysit keeps (max_live_tasks); wait for some to end, or kill queued ones")
             decision = self.admission.decide(spec.estimates,
                                              self.queue.ahead_of(spec.priority))
-            self.workflows.check_name(spec.name)  # a live name is the first thing to fix
+            self.workflows.check_name(spec.name, specs)  # a live name is the first thing to fix
             if not decision.admit and not force and not spec.workflow.after:  # a dependent waits anyway
                 raise CapacityExceeded(json.dumps(refusal(spec.name, decision, spec.estimates_from)))
             tasks = self.ledger.add_all(specs, caps)

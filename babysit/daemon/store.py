@@ -132,6 +132,13 @@ def insert(db: sqlite3.Connection, spec: TaskSpec, caps: Caps, at: float) -> int
     return rowid(cursor)
 
 
+def scrub(db: sqlite3.Connection) -> None:
+    """Leave no copy of what was overwritten: secure_delete zeroes it in the database file, and a truncating
+    checkpoint empties the write-ahead log, which still held the pages as they were."""
+    with contextlib.suppress(sqlite3.OperationalError):  # busy or full: the next end scrubs again
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 class Damaged(sqlite3.DatabaseError):
     """The file is not a usable database: SQLite's integrity check failed."""
 
@@ -255,6 +262,7 @@ class Store:
                 self.db.execute("ALTER TABLE tasks ADD COLUMN control TEXT")  # ...and from before hold and signals
             self.erase_old_environments()
             self.settings = Settings(self.db)
+            self.sweeps = Sweeps(self.db)
         except sqlite3.DatabaseError:
             self.db.close()
             raise
@@ -270,7 +278,7 @@ class Store:
             "AND json_extract(spec, '$.env') != '{}'").rowcount
         if erased:
             self.db.execute("VACUUM")
-            self.scrub()
+            scrub(self.db)
 
     def add(self, spec: TaskSpec, caps: Caps, at: float) -> Task:
         """A new queued run; NameInUse while another run of the name is not over."""
@@ -337,14 +345,8 @@ class Store:
             if following:
                 insert(self.db, *following, at)
         if task.spec.env and spec is not task.spec:
-            self.scrub()
+            scrub(self.db)
         return task
-
-    def scrub(self) -> None:
-        """Leave no copy of what was overwritten: secure_delete zeroes it in the database file, and a
-        truncating checkpoint empties the write-ahead log, which still held the pages as they were."""
-        with contextlib.suppress(sqlite3.OperationalError):  # busy or full: the next end scrubs again
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def get(self, task_id: int) -> Task:
         return _task(self.db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone())
@@ -363,19 +365,6 @@ class Store:
         row = self.db.execute("SELECT * FROM tasks WHERE name = ? AND id > ? ORDER BY id LIMIT 1",
                               (name, run_id)).fetchone()
         return _task(row) if row else None
-
-    def sweep(self, group: str) -> list[Task]:
-        """The newest sweep of that name: each member's latest run, by index."""
-        row = self.db.execute("SELECT json_extract(spec, '$.workflow.sweep') AS sweep FROM tasks "
-                              "WHERE json_extract(spec, '$.workflow.group') = ? ORDER BY id DESC LIMIT 1",
-                              (group,)).fetchone()
-        if row is None:
-            return []
-        latest: dict[str, Task] = {}
-        for r in self.db.execute("SELECT * FROM tasks WHERE json_extract(spec, '$.workflow.group') = ? AND "
-                                 "json_extract(spec, '$.workflow.sweep') = ? ORDER BY id", (group, row["sweep"])):
-            latest[r["name"]] = _task(r)
-        return sorted(latest.values(), key=lambda t: t.spec.workflow.index or 0)
 
     def by_request(self, request_id: str) -> Task | None:
         """The run a client's submission created, if it did."""
@@ -471,3 +460,40 @@ class Settings:
         else:
             self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
                             "value = excluded.value", (key, value))
+
+
+class Sweeps:
+    """The runs of sweeps, found by the sweep's name (the `sweeps` index) and submission."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def members(self, group: str, sweep: str | None = None) -> list[Task]:
+        """The newest sweep of that name (or the one submitted as `sweep`): each member's latest run, by index."""
+        if sweep is None:
+            newest = self.newest(group)
+            if newest is None:
+                return []
+            sweep = newest.spec.workflow.sweep
+        latest: dict[str, Task] = {}
+        for r in self.db.execute("SELECT * FROM tasks WHERE json_extract(spec, '$.workflow.group') = ? AND "
+                                 "json_extract(spec, '$.workflow.sweep') = ? ORDER BY id", (group, sweep)):
+            latest[r["name"]] = _task(r)
+        return sorted(latest.values(), key=lambda t: t.spec.workflow.index or 0)
+
+    def newest(self, group: str) -> Task | None:
+        """The newest run of any member of a sweep of that name."""
+        row = self.db.execute("SELECT * FROM tasks WHERE json_extract(spec, '$.workflow.group') = ? ORDER BY id DESC "
+                              "LIMIT 1", (group,)).fetchone()
+        return _task(row) if row else None
+
+    def states(self, group: str, sweep: str) -> dict[str, tuple[int, State, bool]]:
+        """Each member's latest run of one submission of a sweep: its id, its state, and whether another
+        attempt follows it. No record is read whole: a task waiting for a sweep of thousands asks often."""
+        latest: dict[str, tuple[int, State, bool]] = {}
+        for name, run_id, state, following in self.db.execute(
+                "SELECT name, id, state, coalesce(json_extract(outcome, '$.next_attempt'), 0) FROM tasks "
+                "WHERE json_extract(spec, '$.workflow.group') = ? AND json_extract(spec, '$.workflow.sweep') = ? "
+                "ORDER BY id", (group, sweep)):
+            latest[name] = (run_id, State(state), bool(following))
+        return latest

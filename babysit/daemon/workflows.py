@@ -24,11 +24,13 @@ from babysit.core.task import Outcome, Task, TaskSpec, derive_caps, spec_from_wi
 from babysit.core.workflow import (
     Condition,
     Dependency,
+    Standing,
     Verdict,
     next_attempt,
     parse_array,
     retried,
     sweep_summary,
+    sweep_verdict,
     verdict,
 )
 from babysit.daemon.learning import Learning
@@ -65,12 +67,22 @@ class Workflows:
         for dependency in spec.workflow.after:
             if dependency.name in (spec.name, spec.workflow.group):
                 raise InvalidArgument(f"after: {dependency.name} would wait for itself (a cycle)")
-            latest = self.ledger.latest_or_none(dependency.name)
-            runs = self.sweep(dependency.name) or ([latest] if latest else [])
-            if not runs:
+            group = self.newest_sweep(dependency.name)
+            latest = None if group else self.ledger.latest_or_none(dependency.name)
+            if group:  # one edge for the whole sweep, however many members it has
+                bound.append(Dependency(dependency.name, dependency.condition, sweep=group))
+            elif latest:
+                bound.append(Dependency(latest.name, dependency.condition, latest.id))
+            else:
                 raise NoSuchTask(f"after: no task named {dependency.name!r}")
-            bound += [Dependency(run.name, dependency.condition, run.id) for run in runs]
         return replace(spec, workflow=replace(spec.workflow, after=tuple(bound)))
+
+    def newest_sweep(self, name: str) -> str:
+        """The id of the newest sweep of that name, or "" where the name is a task's (the newer of the two)."""
+        live = [t for t in self.ledger.tasks.values() if t.spec.workflow.group == name]
+        member = max(live, key=lambda t: t.id) if live else self.ledger.store.sweeps.newest(name)
+        task = self.ledger.tasks.get(name) or self.ledger.latest_or_none(name)
+        return member.spec.workflow.sweep if member and not (task and task.id > member.id) else ""
 
     def members(self, spec: TaskSpec, wire: Mapping[str, Any]) -> list[TaskSpec]:
         """A sweep's members; what their caller left out of the estimates, each learns again as it starts."""
@@ -78,18 +90,25 @@ class Workflows:
         spec = replace(spec, workflow=replace(spec.workflow, learn=learn))
         return sweep_members(spec, parse_array(wire["array"]), spec.request_id or os.urandom(8).hex())
 
-    def check_name(self, name: str) -> None:
-        """A live sweep's name is no task's, and a live task's name no sweep's: verbs take either."""
-        if name in self.ledger.tasks or any(t.spec.workflow.group == name for t in self.ledger.tasks.values()):
+    def check_name(self, name: str, members: list[TaskSpec]) -> None:
+        """A live sweep's name is no task's, and a live task's name no sweep's, nor a new member's: verbs
+        take either."""
+        groups = {t.spec.workflow.group for t in self.ledger.tasks.values()}
+        if name in self.ledger.tasks or name in groups:
             raise NameInUse.of(name)
+        clash = next((m.name for m in members if m.name in groups), None)
+        if clash:
+            raise NameInUse.of(clash)
 
     # --- the queue ------------------------------------------------------------------------------------
 
     def plan(self, queue: list[Task]) -> Plan:
-        """Which queued runs may go, which wait and for what, and which can never run."""
+        """Which queued runs may go, which wait and for what, and which can never run. Each dependency is
+        looked up once, however many tasks wait for it (a sweep after a sweep: once, not once per pair)."""
         live = {t.id: t for t in self.ledger.tasks.values()}
         plan = Plan(active=Counter(t.spec.workflow.sweep for t in live.values()
                                    if t.spec.workflow.limit and not t.state.terminal and not t.in_babysits_queue))
+        judged: dict[Dependency, tuple[Verdict, str, Task | None]] = {}
         for task in queue:
             if task.held:
                 plan.waiting[task.id] = f"its release (held: babysit release --name={task.name})"
@@ -97,14 +116,14 @@ class Workflows:
             waits: list[str] = []
             held = True  # by the executor itself, once handed over (a Slurm job's --dependency)
             for dependency in task.spec.workflow.after:
-                run = self.current(dependency.run_id, dependency.name, live)
-                said = verdict(dependency, run.state if run else None)
+                if dependency not in judged:
+                    judged[dependency] = self.judge(dependency, live)
+                said, words, run = judged[dependency]
                 if said == Verdict.BROKEN:
-                    plan.broken.append((task, never_run(dependency, run)))
+                    plan.broken.append((task, never_run(words)))
                     break
                 if said == Verdict.WAIT:
-                    end = "complete" if dependency.condition == Condition.COMPLETED else "end"
-                    waits.append(f"{dependency.name} to {end} ({run.state if run else '?'} now)")
+                    waits.append(words)
                     held = held and self.handed_on(run)
             else:
                 limit, sweep = task.spec.workflow.limit, task.spec.workflow.sweep
@@ -119,6 +138,37 @@ class Workflows:
                     plan.ready.append(task)
         return plan
 
+    def judge(self, dependency: Dependency, live: Mapping[int, Task]) -> tuple[Verdict, str, Task | None]:
+        """What a dependency means now: its verdict, in words (what it waits for, or why it broke), and its
+        run (None for a sweep's)."""
+        needed = "complete" if dependency.condition == Condition.COMPLETED else "end"
+        if dependency.sweep:
+            standing = self.standing(dependency.name, dependency.sweep, live)
+            said = sweep_verdict(dependency, standing)
+            if said == Verdict.WAIT:
+                return said, f"sweep {dependency.name} to {needed} ({standing.live} of {standing.members} members " \
+                             "not done)", None
+            how = standing.ended_otherwise or "has no record any more"
+            return said, f"sweep {dependency.name}: {how}, and it was to {needed} first", None
+        run = self.current(dependency.run_id, dependency.name, live)
+        said = verdict(dependency, run.state if run else None)
+        if said == Verdict.WAIT:
+            return said, f"{dependency.name} to {needed} ({run.state if run else '?'} now)", run
+        how = "has no record any more" if run is None else f"ended {ended_how(run)}"
+        return said, f"{dependency.name} {how}, and it was to {needed} first", run
+
+    def standing(self, group: str, sweep: str, live: Mapping[int, Task]) -> Standing:
+        """Where the members of one submission of a sweep stand: one light query, however many wait for it."""
+        states = self.ledger.store.sweeps.states(group, sweep)
+        for t in live.values():
+            if (t.spec.workflow.group, t.spec.workflow.sweep) == (group, sweep):
+                states[t.name] = (t.id, t.state, bool(t.outcome and t.outcome.next_attempt))
+        going = sum(1 for _, state, following in states.values() if not state.terminal or following)
+        otherwise = min((run_id for run_id, state, following in states.values()
+                         if state.terminal and not following and state != State.COMPLETED), default=None)
+        run = None if otherwise is None else live.get(otherwise) or self.ledger.store_get(otherwise)
+        return Standing(len(states), going, f"{run.name} ended {ended_how(run)}" if run else "")
+
     def current(self, run_id: int, name: str, live: Mapping[int, Task]) -> Task | None:
         """A dependency's run as it is now: its latest attempt, where it was retried."""
         run = live.get(run_id) or self.ledger.store_get(run_id)
@@ -131,8 +181,8 @@ class Workflows:
         """The task with each dependency bound to its run's latest attempt (an executor holding it back by its
         own dependencies needs the runs it waits for now)."""
         live = {t.id: t for t in self.ledger.tasks.values()}
-        after = tuple(replace(d, run_id=run.id) if (run := self.current(d.run_id, d.name, live)) else d
-                      for d in task.spec.workflow.after)
+        after = tuple(replace(d, run_id=run.id) if not d.sweep and (run := self.current(d.run_id, d.name, live))
+                      else d for d in task.spec.workflow.after)
         if after == task.spec.workflow.after:
             return task
         return self.ledger.save(task.with_(spec=replace(task.spec, workflow=replace(task.spec.workflow, after=after))))
@@ -141,9 +191,9 @@ class Workflows:
         """Which dependency of the task ended other than required, and how (for a stop its executor reported)."""
         live = {t.id: t for t in self.ledger.tasks.values()}
         for dependency in task.spec.workflow.after:
-            run = self.current(dependency.run_id, dependency.name, live)
-            if verdict(dependency, run.state if run else None) == Verdict.BROKEN:
-                return never_run(dependency, run).detail
+            said, words, _ = self.judge(dependency, live)
+            if said == Verdict.BROKEN:
+                return words
         return "a task it was to run after did not end as required"
 
     def handed_on(self, run: Task | None) -> bool:
@@ -199,7 +249,7 @@ class Workflows:
         """The members of the newest sweep of that name (each one's latest run), or [] where the name is a
         task's (a task and a sweep of one name: the newer of the two)."""
         # the store has them all (a live sweep is its newest); the ledger has the live ones as they are now
-        members = {t.name: t for t in self.ledger.store.sweep(name)}
+        members = {t.name: t for t in self.ledger.store.sweeps.members(name)}
         members |= {t.name: t for t in self.ledger.tasks.values() if t.spec.workflow.group == name}
         task = self.ledger.tasks.get(name) or self.ledger.latest_or_none(name)
         if not members or (task and task.id > max(t.id for t in members.values())):
@@ -219,12 +269,9 @@ class Workflows:
         return sweep_summary(name, [report.result(t, now) for t in members])
 
 
-def never_run(dependency: Dependency, run: Task | None) -> Outcome:
+def never_run(why: str) -> Outcome:
     """The end of a run whose dependency ended other than required."""
-    how = "has no record any more" if run is None else f"ended {ended_how(run)}"
-    needed = "complete" if dependency.condition == Condition.COMPLETED else "end"
-    return Outcome(State.KILLED, kill_reason=KillReason.DEPENDENCY,
-                   detail=f"{dependency.name} {how}, and it was to {needed} first")
+    return Outcome(State.KILLED, kill_reason=KillReason.DEPENDENCY, detail=why)
 
 
 def ended_how(run: Task) -> str:

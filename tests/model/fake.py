@@ -250,9 +250,13 @@ class Life:
             await self.settle()
 
     async def end(self, run_id: int, how: str) -> None:
-        """A unit ends (completed, failed, oom) and its executor says so."""
+        """A unit ends (completed, failed, oom) and its executor says so; then babysitd settles."""
+        await self.call(lambda: self.ended(run_id, how))
+
+    async def ended(self, run_id: int, how: str) -> None:
+        """A unit ends and its executor says so, beside whatever else runs now."""
         unit = self.world.units[run_id]
         task = self.up.ledger.by_id(run_id) or unit.task
         unit.ended = outcome_of(task, how)
         unit.told = True
-        await self.call(lambda: self.up.ended(run_id, unit.ended, usage_of(unit)))
+        await self.up.ended(run_id, unit.ended, usage_of(unit))

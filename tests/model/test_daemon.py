@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from babysit.core.protocol import BabysitError, KillReason, State, StoreUnavailable
+from babysit.core.protocol import BabysitError, KillReason, NameInUse, State, StoreUnavailable
 from babysit.core.quantities import parse_size
 from tests.model.fake import Life, outcome_of, usage_of
 
@@ -151,8 +151,54 @@ async def test_a_new_run_is_refused_while_the_store_is_full_and_nothing_else_cha
     life = Life(tmp_path / "state.db")
     await life.start()
     await life.call(lambda: life.up.scheduler.run(wire("a"), False))
-    other = locked(life)
+    locked(life)
     await life.end(await running(life, "a"), "completed")
     with pytest.raises(StoreUnavailable):
         await life.up.scheduler.run(wire("b"), False)
     assert life.up.ledger.latest("a").state == State.COMPLETED
+
+
+async def test_a_sweep_after_a_sweep_is_one_edge_per_member(tmp_path: Path) -> None:
+    """`--after=<sweep>` made one dependency per member on every member, looked up on every plan: a
+    300-member sweep after another took 98 s to run, and a status 10.7 s."""
+    life = Life(tmp_path / "state.db")
+    await life.start()
+    size = 300
+    await life.call(lambda: life.up.scheduler.run(wire("first", array=f"1-{size}", estimated_cpu_cores=0.01), False))
+    await life.call(lambda: life.up.scheduler.run(wire("second", array=f"1-{size}", after="first",
+                                                       estimated_cpu_cores=0.01), True))
+    member = life.up.ledger.tasks["second-7"]
+    assert [(d.name, bool(d.sweep)) for d in member.spec.workflow.after] == [("first", True)]
+    started = asyncio.get_running_loop().time()
+    status = life.up.scheduler.status("second-7")
+    assert asyncio.get_running_loop().time() - started < 0.25
+    assert status["waiting_for"] == f"sweep first to complete ({size} of {size} members not done)"
+    while life.world.live_units():
+        for run_id in sorted(life.world.live_units()):
+            await life.end(run_id, "completed")
+    order = [life.world.units[i].task.name.partition("-")[0] for i in life.world.starts]
+    assert order == ["first"] * size + ["second"] * size
+
+
+async def test_a_failed_member_ends_the_tasks_after_its_sweep_at_once(tmp_path: Path) -> None:
+    life = Life(tmp_path / "state.db")
+    await life.start()
+    await life.call(lambda: life.up.scheduler.run(wire("sweep", array="1-3"), False))
+    await life.call(lambda: life.up.scheduler.run(wire("next", after="sweep"), True))
+    await life.call(lambda: life.up.scheduler.run(wire("any", after="sweep:any"), True))
+    await life.end(await running(life, "sweep-2"), "failed")
+    ended = life.up.ledger.latest("next")
+    assert ended.outcome.kill_reason == KillReason.DEPENDENCY
+    assert ended.outcome.detail == "sweep sweep: sweep-2 ended failed (exit code 1), and it was to complete first"
+    assert life.up.ledger.tasks["any"].state == State.QUEUED  # waits for every member to end
+    for name in ("sweep-1", "sweep-3"):
+        await life.end(await running(life, name), "completed")
+    assert life.up.ledger.tasks["any"].state == State.RUNNING
+
+
+async def test_a_member_cannot_take_the_name_of_a_live_sweep(tmp_path: Path) -> None:
+    life = Life(tmp_path / "state.db")
+    await life.start()
+    await life.call(lambda: life.up.scheduler.run(wire("x-1", array="1-2"), False))
+    with pytest.raises(NameInUse, match="x-1"):
+        await life.up.scheduler.run(wire("x", array="1-2"), True)
