@@ -1,8 +1,9 @@
-"""The machine's capacity, read from /proc and the CPU affinity mask."""
+"""The machine: its capacity, read from /proc and the CPU affinity mask, and its identity."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from babysit.common.config import Config
@@ -32,3 +33,19 @@ def read_host(config: Config) -> Host:
 def free_mem_bytes() -> int:
     """Memory the kernel can hand out now without swapping (MemAvailable)."""
     return meminfo()["MemAvailable"]
+
+
+MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))  # machine-id(5), then D-Bus's copy
+
+
+def machine_id() -> str | None:
+    """This machine's id (machine-id(5)): unlike its host name, DHCP and `hostnamectl` do not change it, and
+    login nodes that share a home do not share it. None where there is none."""
+    for path in MACHINE_ID_FILES:
+        try:
+            found = path.read_text().strip().lower()
+        except OSError:
+            continue
+        if re.fullmatch(r"[0-9a-f]{32}", found):
+            return found
+    return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 MAX_BYTES = 16 << 20  # past this, the older half goes
@@ -34,9 +35,10 @@ def bound(path: Path, most: int = MAX_BYTES) -> None:
         file.write(b"[babysit: earlier output dropped, this file keeps the newest %d bytes]\n" % len(newest) + newest)
 
 
-def prune(directory: Path, kept: int = KEPT_FILES) -> None:
-    """Remove all but the newest `kept` output files."""
+def prune(directory: Path, live: Collection[str], kept: int = KEPT_FILES) -> None:
+    """Remove all but the newest `kept` output files of finished runs; those of `live` runs (paths) stay,
+    however quiet: a file babysit removed would make its run look silent, and be stopped as stalled."""
     with contextlib.suppress(OSError):
-        files = sorted(directory.glob("*.out"), key=lambda p: p.stat().st_mtime)
-        for old in files[:-kept]:
+        finished = [p for p in directory.glob("*.out") if str(p) not in live]
+        for old in sorted(finished, key=lambda p: p.stat().st_mtime)[:-kept]:
             old.unlink(missing_ok=True)

@@ -79,4 +79,6 @@ def test_two_hosts_sharing_a_home_keep_to_their_own_tasks() -> None:
         for me, (out, _err) in zip(HOSTS, outputs, strict=True):
             assert states(out, "after restart") == {f"long-{me}": "running", f"next-{me}": "queued"}
             assert states(out, "at the end") == {f"long-{me}": "killed", f"next-{me}": "completed"}
-        assert sorted(p.name for p in Path(home, ".local", "state", "babysit").iterdir()) == sorted(HOSTS)
+        directories = list(Path(home, ".local", "state", "babysit").iterdir())  # one per machine id
+        assert sorted((d / "host").read_text().strip() for d in directories) == sorted(HOSTS)
+        assert all(len(d.name) == 32 for d in directories), directories

@@ -13,7 +13,7 @@ import pytest
 
 from babysit.common.config import Config
 from babysit.core.task import MAX_COMMAND_BYTES, MAX_ENV_BYTES, Host, derive_caps, spec_from_wire
-from babysit.daemon.state_dir import STORE_FILE, host_name
+from babysit.daemon.state_dir import STORE_FILE, host_key
 from babysit.daemon.store import Store
 from tests.integration.conftest import babysit, daemon_pid, manager_environment, restart_daemon, rss_bytes
 
@@ -41,7 +41,7 @@ def test_the_largest_store_starts_within_memory_max(tmp_path: Path, figure: Call
     """Seen in review: a store of ~20,000 queued tasks had babysitd OOM-killed at every start, for good."""
     most = int(Config().max_live_tasks)
     state = tmp_path / "state"
-    fill_store(state / "babysit" / host_name() / STORE_FILE, most)
+    fill_store(state / "babysit" / host_key() / STORE_FILE, most)
     with manager_environment("XDG_STATE_HOME", str(state)):
         started = time.monotonic()
         restart_daemon()

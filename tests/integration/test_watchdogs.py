@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
 import pytest
 
-from babysit.common.host import free_mem_bytes
-from tests.integration.conftest import babysit, daemon_config, journal
+from tests.integration.conftest import babysit, daemon_config, journal, session_control, status
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
@@ -121,37 +121,45 @@ class TestKills:
 
 
 def test_host_pressure(task_name: str, daemon: str, figure: Callable[[str], None]) -> None:
-    """Free memory below the threshold: an outside hog is only reported; a babysit one over its estimate is stopped."""
-    threshold = free_mem_bytes() - (150 << 20)
-    with daemon_config(f"tick_s = 0.25\ntolerance_s = 120\npressure_free_bytes = {threshold}\n"):
-        bystander = f"{task_name}-bystander"
-        babysit("run", f"--name={bystander}", "--command=while true; do echo .; sleep 1; done",
-                "--estimated_cpu_cores=0.1", "--estimated_mem_bytes=64M")
-        outside = subprocess.run(["systemd-run", "--user", "--unit", f"{task_name}-outside", "--collect",
-                                  "/usr/bin/python3", "-c", "import time; b = b'x' * (300 << 20); time.sleep(300)"],
-                                 capture_output=True, text=True)
-        assert outside.returncode == 0, outside.stderr
+    """Free memory below the threshold: pressure from outside babysit is only reported; babysit's own stops
+    the task over its estimate, and not the one within it.
 
-        def events() -> list[str]:
-            status = json.loads(babysit("status", f"--name={bystander}", "--json").stdout)
-            return [e["event"] for e in status["events"]]
+    The free figure is held by the session (a MemAvailable of the test's, bound over /proc/meminfo in the
+    session's namespace): the machine's own moves with everything else that runs, and once made this test
+    pass or fail by luck."""
+    threshold, plenty = 1 << 30, 8 << 30
+    session_control(f"meminfo {plenty}")
+    try:
+        with daemon_config(f"tick_s = 0.25\ntolerance_s = 120\npressure_free_bytes = {threshold}\n"):
+            bystander = f"{task_name}-bystander"
+            babysit("run", f"--name={bystander}", "--command=while true; do echo .; sleep 1; done",
+                    "--estimated_cpu_cores=0.1", "--estimated_mem_bytes=64M")
 
-        wait_for(lambda: "external_pressure" in events(), 30, "the external-pressure event")
-        assert json.loads(babysit("status", f"--name={bystander}", "--json").stdout)["status"] == "running"
-        subprocess.run(["systemctl", "--user", "stop", f"{task_name}-outside"], check=True)
+            def events() -> list[str]:
+                return [e["event"] for e in status(bystander)["events"]]
 
-        babysit("run", f"--name={task_name}", f"--command={hog(300, step_mib=50)}", "--estimated_mem_bytes=120M",
-                "--estimated_cpu_cores=0.1")
-        code, result, _ = wait_result(task_name)
-        assert (code, result["kill_reason"]) == (1, "pressure"), result
-        grown = line_time(task_name, "at ", last=True)  # its last step took it past the threshold
-        figure(f"pressure: last growth step -> kill {1000 * (epoch(result['finished_at']) - grown):.0f} ms")
-        # on failure, babysitd's own account of the pressure (free memory moves with the whole machine)
-        said = subprocess.run(["journalctl", "--user", "--identifier=babysitd", "--grep=pressure", "--no-pager",
-                               "-o", "short-precise", "-n", "20"], capture_output=True, text=True).stdout
-        assert json.loads(babysit("status", f"--name={bystander}", "--json").stdout)["status"] == "running", said
-        babysit("kill", f"--name={bystander}")
-        wait_result(bystander)
+            session_control(f"meminfo {threshold - (300 << 20)}")  # 300 MiB short; babysit's tasks hold a few
+            wait_for(lambda: "external_pressure" in events(), 30, "the external-pressure event")
+            assert status(bystander)["status"] == "running"
+
+            session_control(f"meminfo {plenty}")
+            babysit("run", f"--name={task_name}", f"--command={hog(300, step_mib=50)}",
+                    "--estimated_mem_bytes=120M", "--estimated_cpu_cores=0.1")
+            wait_for(lambda: (status(task_name).get("mem_bytes") or 0) > 250 << 20, 30, "the hog to hold 250 MiB")
+            short_at = time.time()
+            session_control(f"meminfo {threshold - (100 << 20)}")  # 100 MiB short, and the hog holds 300: ours
+            code, result, _ = wait_result(task_name)
+            assert (code, result["kill_reason"]) == (1, "pressure"), result
+            figure(f"pressure: free memory short -> kill {1000 * (epoch(result['finished_at']) - short_at):.0f} ms")
+            # the pressure stays, but what babysit's tasks still hold cannot explain it: nothing else is stopped
+            said = subprocess.run(["journalctl", "--user", "--identifier=babysitd", "--grep=pressure", "--no-pager",
+                                   "-o", "short-precise", "-n", "20"], capture_output=True, text=True).stdout
+            wait_for(lambda: events().count("external_pressure") >= 2, 30, "the pressure, now outside babysit's")
+            assert status(bystander)["status"] == "running", said
+            babysit("kill", f"--name={bystander}")
+            wait_result(bystander)
+    finally:
+        session_control("meminfo-real")
 
 
 def test_the_elapsed_warning_comes_when_the_estimate_passes(daemon: str, task_name: str) -> None:

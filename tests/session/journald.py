@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 NOTIFY_SOCKET = "/run/systemd/journald-notify"
 # Runs between fork and exec: move the stored fds to 3.. and hand them over as systemd does.
@@ -116,8 +117,35 @@ class Journald:
         return list(self.stored)
 
 
+class Meminfo:
+    """The session's /proc/meminfo with a MemAvailable a test sets: how much memory is free is the whole
+    machine's, and moves with everything else that runs on it; a test of what babysit does at a given
+    figure must not depend on it (a file bound over the kernel's, in the session's mount namespace only,
+    as LXCFS does for containers)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.bound = False
+
+    def show(self, available: str) -> None:
+        real = Path("/proc/meminfo").read_text() if not self.bound else Path(self.path).read_text()
+        lines = [f"MemAvailable:   {int(available) // 1024} kB" if line.startswith("MemAvailable:") else line
+                 for line in real.splitlines()]
+        Path(self.path).write_text("\n".join(lines) + "\n")
+        if not self.bound:
+            subprocess.run(["mount", "--bind", self.path, "/proc/meminfo"], check=True)
+            self.bound = True
+
+    def real(self) -> None:
+        if self.bound:
+            subprocess.run(["umount", "/proc/meminfo"], check=True)
+            self.bound = False
+
+
 def serve_control(path: str, owner_uid: int, owner_gid: int, journald: Journald) -> None:
-    """A socket the session's user may use to ask root for what an administrator would do."""
+    """A socket the session's user may use to ask root for what an administrator would do, or for a
+    machine figure a test must hold still (meminfo)."""
+    meminfo = Meminfo(f"{path}-meminfo")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     os.chown(path, owner_uid, owner_gid)
@@ -128,13 +156,13 @@ def serve_control(path: str, owner_uid: int, owner_gid: int, journald: Journald)
         while True:
             connection, _ = server.accept()
             with connection, connection.makefile("rw") as stream:
-                request = stream.readline().strip()
+                request, *args = stream.readline().split()
                 actions = {"restart-journald": journald.restart, "pause-journald": journald.pause,
-                           "resume-journald": journald.resume}
+                           "resume-journald": journald.resume, "meminfo": meminfo.show, "meminfo-real": meminfo.real}
                 try:
                     if request not in actions:
                         raise ValueError(f"unknown request {request!r}")
-                    actions[request]()
+                    actions[request](*args)
                     stream.write("ok\n")
                 except Exception as e:  # the answer carries it to the test that asked
                     stream.write(f"error: {e}\n")

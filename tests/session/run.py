@@ -14,8 +14,8 @@
   happens. Afterwards it checks that PID 1's cgroups are unchanged and nothing is left behind.
 - Otherwise: says what is missing and exits 2.
 
-A private session can stand for one login node of a cluster: `--hostname NAME` gives it a host name of
-its own (a UTS namespace), `--home DIR` makes DIR the test user's home instead of a fresh tmpfs. Two
+A private session can stand for one login node of a cluster: `--hostname NAME` gives it a host name and
+a machine id of its own (a UTS namespace, and /etc/machine-id bound over in its mount namespace), `--home DIR` makes DIR the test user's home instead of a fresh tmpfs. Two
 runners with different names and the same DIR are two hosts sharing a home over NFS, at once.
 
 Either way COMMAND sees BABYSIT_REQUIRE_SESSION=1, so tests that need the session fail instead of
@@ -25,6 +25,7 @@ skipping when it is missing.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import pwd
@@ -513,8 +514,13 @@ def run_inner(config: dict) -> int:
     for private in ("/run/systemd", "/run/user", "/run/log", "/var/log/journal"):
         mount("tmpfs", private, "mode=755")
     Path("/run/systemd/system").mkdir()  # how systemd --user learns the host "booted with systemd"
-    if config["hostname"]:
+    if config["hostname"]:  # another host: its own name and its own machine-id(5), as babysit keys its state by
         socket.sethostname(config["hostname"])
+        machine_id = Path("/run/systemd/machine-id")  # on the private tmpfs above
+        machine_id.write_text(hashlib.md5(config["hostname"].encode()).hexdigest() + "\n")
+        for shown in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+            if Path(shown).exists():
+                subprocess.run(["mount", "--bind", str(machine_id), shown], check=True)
     if config["home"]:  # shared with whatever else mounts it: another runner, as another host
         Path(user.pw_dir).mkdir(exist_ok=True)
         subprocess.run(["mount", "--bind", config["home"], user.pw_dir], check=True)

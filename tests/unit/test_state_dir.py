@@ -8,15 +8,22 @@ from pathlib import Path
 
 import pytest
 
+from babysit.common import host
 from babysit.common.config import Config
 from babysit.daemon import state_dir
 from babysit.daemon.state_dir import STORE_FILE, host_dir, host_name, store_path, take_over_shared_store
+
+
+MACHINE = "0f" * 16
 
 
 @pytest.fixture
 def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     monkeypatch.setattr(socket, "gethostname", lambda: "login1.cluster")
+    machine_id = tmp_path / "machine-id"
+    machine_id.write_text(f"{MACHINE}\n")
+    monkeypatch.setattr(host, "MACHINE_ID_FILES", (machine_id,))
     return tmp_path / "babysit"
 
 
@@ -33,14 +40,51 @@ def shared_store(path: Path, rows: int) -> sqlite3.Connection:
     return db
 
 
-def test_each_host_has_a_directory_of_its_own(state_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert store_path(Config()) == state_home / "login1.cluster" / STORE_FILE
-    monkeypatch.setattr(socket, "gethostname", lambda: "login2.cluster")
-    assert host_dir(Config()) == state_home / "login2.cluster"
+def test_each_host_has_a_directory_of_its_own_named_by_its_machine_id(state_home: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    assert store_path(Config()) == state_home / MACHINE / STORE_FILE
+    own = state_dir.make_private(Config())
+    assert (own / "host").read_text() == "login1.cluster\n"  # a label, for a person looking
+    monkeypatch.setattr(socket, "gethostname", lambda: "renamed-by-dhcp")  # the store stays where it is
+    assert state_dir.make_private(Config()) == own and (own / "host").read_text() == "renamed-by-dhcp\n"
+    monkeypatch.setattr(host, "MACHINE_ID_FILES", (state_home / "none",))  # no machine id: the host name
+    assert host_dir(Config()) == state_home / "renamed-by-dhcp"
 
 
 def test_the_config_moves_the_state_and_keeps_it_per_host(state_home: Path) -> None:
-    assert host_dir(Config(state_dir="/scratch/alice/babysit")) == Path("/scratch/alice/babysit/login1.cluster")
+    assert host_dir(Config(state_dir="/scratch/alice/babysit")) == Path(f"/scratch/alice/babysit/{MACHINE}")
+
+
+def test_a_store_named_by_the_host_name_moves_to_the_machine_id_once(state_home: Path) -> None:
+    named = state_home / "login1.cluster"
+    named.mkdir(parents=True, mode=0o700)
+    shared_store(named / STORE_FILE, 3).close()
+    own = state_dir.make_private(Config())
+    assert own == state_home / MACHINE and not named.exists()
+    db = sqlite3.connect(own / STORE_FILE)
+    assert db.execute("SELECT count(*) FROM tasks").fetchone() == (3,)
+    db.close()
+    named.mkdir(mode=0o700)
+    shared_store(named / STORE_FILE, 1).close()
+    state_dir.make_private(Config())  # this host has its own already: the other is left alone
+    assert (named / STORE_FILE).exists()
+
+
+def test_a_state_home_below_a_directory_others_may_write_is_refused(state_home: Path) -> None:
+    state_home.parent.chmod(0o777)  # e.g. an NFS home made group- or world-writable
+    with pytest.raises(state_dir.Unsafe, match=r"can be written by others than you and root \(mode 777"):
+        state_dir.make_private(Config())
+    assert not state_home.exists()
+    state_home.parent.chmod(0o770)  # group-writable, by the user's own group only: as Debian makes homes
+    state_dir.make_private(Config())
+    state_dir.make_private(Config())
+
+
+def test_a_state_home_babysit_cannot_make_is_one_line(state_home: Path) -> None:
+    blocker = state_home.parent / "file"
+    blocker.write_text("")
+    with pytest.raises(state_dir.Unsafe, match="babysitd cannot make its state directory .*: Not a directory"):
+        state_dir.make_private(Config(state_dir=str(blocker / "babysit")))
 
 
 @pytest.mark.parametrize(("kernel", "directory"), [
