@@ -144,10 +144,18 @@ class ExecutorUnavailable(BabysitError):
     exit_code = ExitCode.NEGATIVE
 
 
+class StateUnsafe(BabysitError):
+    """babysitd will not keep its state where it would have to (others could write there, or it cannot be
+    made): it answers every request with why, until that is fixed."""
+
+    dbus_name = "org.babysit.Error.StateUnsafe"
+    exit_code = ExitCode.NEGATIVE
+
+
 ERRORS: dict[str, type[BabysitError]] = {
     cls.dbus_name: cls
     for cls in (InvalidArgument, NameInUse, NoSuchTask, ExceedsCap, CapacityExceeded, CapsUnavailable, NotRunning,
-                QueueFull, StoreUnavailable, ExecutorUnavailable)
+                QueueFull, StoreUnavailable, ExecutorUnavailable, StateUnsafe)
 }
 
 

@@ -20,6 +20,7 @@ from babysit.common import bus as session_bus
 from babysit.common import config
 from babysit.daemon import state_dir, store
 from babysit.daemon.babysitd import Babysitd
+from babysit.daemon.refusing import refuse_until_safe
 from babysit.daemon.service import BusService
 from babysit.executors.base import Executor
 
@@ -65,7 +66,11 @@ async def serve() -> None:
     os.umask(0o077)  # its directories 0700, its files 0600, however it was started
     bus = await session_bus.connect()
     settings = config.load()
-    state_dir.make_private(settings)
+    try:
+        state_dir.make_private(settings)
+    except state_dir.Unsafe as e:
+        await refuse_until_safe(bus, str(e), lambda: state_dir.make_private(settings))
+        raise SupervisionEnded("state directory") from None  # systemd starts a whole babysitd now
     executor = await open_executor(bus, settings)
     moved = state_dir.take_over_shared_store(settings)
     if moved:
@@ -110,9 +115,6 @@ def main() -> None:
     try:
         asyncio.run(serve())
     except SupervisionEnded:
-        raise SystemExit(1) from None
-    except state_dir.Unsafe as e:
-        log.critical("%s", e)
         raise SystemExit(1) from None
 
 

@@ -125,7 +125,8 @@ class SchedulerInterface(ServiceInterface):
 
     @dbus_method()
     def Ping(self) -> DBusStr:
-        return self.scheduler.ping()
+        with bus_errors():
+            return self.scheduler.ping()
 
     @dbus_method()
     async def Run(self, spec: DBusDict, force: DBusBool) -> DBusStr:

@@ -101,6 +101,38 @@ def test_a_daemon_that_cannot_start_is_explained(task_name: str) -> None:
     assert started.returncode == 0, started.stderr
 
 
+@pytest.mark.parametrize("unsafe", ["writable parent", "cannot make"])
+def test_a_state_dir_others_could_write_or_babysit_cannot_make_is_one_line_and_no_restart_loop(unsafe: str,
+                                                                                                task_name: str) -> None:
+    """Whoever can write above the state directory can replace the script each unit runs at its end; a
+    state_dir that cannot be made once crash-looped babysitd. babysitd stays up and answers every request
+    with the one line that says why, and starts afresh by itself once it is fixed."""
+    parent = Path.home() / f"{task_name}-open"
+    parent.mkdir()
+    if unsafe == "writable parent":
+        parent.chmod(0o777)
+        said = "can be written by others than you and root (mode 777"
+    else:
+        parent.chmod(0o500)  # babysit cannot make its directory below it
+        said = "babysitd cannot make its state directory"
+    config = Path.home() / ".config" / "babysit" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f'state_dir = "{parent}/babysit"\n')
+    try:
+        subprocess.run(["systemctl", "--user", "restart", "babysitd"], check=True)
+        for verb in (["status", f"--name={task_name}"], ["run", f"--name={task_name}", "--command=true"], ["ping"]):
+            refused = babysit(*verb)
+            assert refused.returncode == 1 and said in refused.stderr, refused.stderr
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        shown = subprocess.run(["systemctl", "--user", "show", "babysitd", "--property=NRestarts,ActiveState"],
+                               capture_output=True, text=True).stdout
+        assert "NRestarts=0" in shown and "ActiveState=active" in shown, shown
+    finally:
+        parent.chmod(0o700)
+        config.unlink()
+    wait_for(lambda: babysit("ping").returncode == 0, 30, "babysitd to start afresh once fixed")
+
+
 @pytest.fixture
 def fault_points(tmp_path: Path) -> Iterator[Path]:
     """babysitd restarted with fault points armed by files in a directory, and without them afterwards."""

@@ -187,7 +187,7 @@ class SystemdExecutor:
         """Let systemd forget a finished unit, so the name can run again."""
         self.ends.record_of(task).unlink(missing_ok=True)
         if task.output_file:  # the file stays: it is the run's log; the oldest go
-            live = {t.output_file for t in self.daemon.running() if t.output_file and t.id != task.id}
+            live = {t.output_file for t in self.ends.daemon.running() if t.output_file and t.id != task.id}
             output_file.prune(Path(task.output_file).parent, live)
         active_state = self.ends.ended_states.pop(task.id, None)
         if active_state is not None:
