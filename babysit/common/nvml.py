@@ -26,6 +26,7 @@ class Nvml:
         self.why_none = ""
         self.last: tuple[Gpu, ...] = ()
         self.read_at = -1e9
+        self.said: set[str] = set()
         try:
             import pynvml  # an optional extra: a host without GPUs need not install it
         except ImportError:
@@ -48,13 +49,28 @@ class Nvml:
         if time.monotonic() - self.read_at < READ_EVERY_S:
             return self.last
         nvml = self.library
+        before = {gpu.index: gpu for gpu in self.last}
         try:
-            self.last = tuple(device(nvml, i) for i in range(nvml.nvmlDeviceGetCount()))
-        except nvml.NVMLError as e:
-            log.warning("reading the GPUs failed: %s", e)
-            self.last = ()
-        self.read_at = time.monotonic()
+            count = nvml.nvmlDeviceGetCount()
+        except nvml.NVMLError as e:  # the devices are as they were: a GPU does not vanish on one error
+            self.complain(f"counting the GPUs failed: {e}")
+            count = len(before)
+        read = []
+        for index in range(count):
+            try:
+                read.append(device(nvml, index))
+            except nvml.NVMLError as e:  # this one as last seen (if ever): the others are read as they are
+                self.complain(f"reading GPU {index} failed: {e}")
+                if index in before:
+                    read.append(before[index])
+        self.last, self.read_at = tuple(read), time.monotonic()
         return self.last
+
+    def complain(self, what: str) -> None:
+        """Said once per kind of failure, not at every read."""
+        if what not in self.said:
+            self.said.add(what)
+            log.warning("%s; babysit keeps its last reading", what)
 
     def why(self) -> str:
         """Why babysit sees no GPU here, in words; empty where it sees one."""

@@ -95,7 +95,7 @@ class Babysitd:
     def members(self, task: Task) -> list[Task]:
         w = task.spec.workflow
         found = [t for t in self.ledger.queue() if t.in_babysits_queue and t.spec.workflow.attempt == 1
-                 and (t.spec.workflow.group, t.spec.workflow.sweep) == (w.group, w.sweep)]
+                 and not t.held and (t.spec.workflow.group, t.spec.workflow.sweep) == (w.group, w.sweep)]
         return sorted(found, key=lambda t: t.spec.workflow.index or 0)
 
     def started(self, task_id: int, at: float, gpus: tuple[str, ...] = ()) -> None:

@@ -70,8 +70,8 @@ class RunEvents(Protocol):
         """The live run of a task name."""
 
     def members(self, task: Task) -> list[Task]:
-        """The members of a sweep member's sweep still in babysit's queue, first attempts, by index (an executor
-        that runs a sweep as one job submits them together)."""
+        """The members of a sweep member's sweep still in babysit's queue and not held, first attempts, by index
+        (an executor that runs a sweep as one job submits them together)."""
 
     def started(self, task_id: int, at: float, gpus: tuple[str, ...] = ()) -> None:
         """A run that waited in the executor's own queue has started (on these GPUs, as the executor names

@@ -8,7 +8,10 @@ into files under the test's directory (under /tmp, which a Slurm job's node sees
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
+from datetime import datetime
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +42,10 @@ def run(name: str, command: str, *flags: str, cwd: Path | None = None) -> subpro
 def wait(*names: str, flags: tuple[str, ...] = (), timeout: float = 180) -> tuple[int, list[dict], str]:
     done = babysit("wait", *(f"--name={n}" for n in names), *flags, timeout=timeout)
     return done.returncode, [json.loads(line) for line in done.stdout.splitlines()], done.stderr
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def lines(path: Path) -> list[str]:
@@ -152,6 +159,39 @@ def test_a_restart_mid_sweep_runs_each_member_once(executor: str, task_name: str
     code, (summary,), _ = wait(task_name)
     assert (code, summary["counts"]) == (0, {"completed": 6}), summary
     assert sorted(lines(ran), key=int) == [str(i) for i in range(1, 7)]
+
+
+def test_held_and_killed_members_of_a_sweep_never_run(executor: str, task_name: str, gate: Gate) -> None:
+    """On Slurm a sweep is one array job: a member held before it was submitted ran in it all the same, out
+    of babysit's sight. A held member is left out of the array (and runs as a job of its own once
+    released); a killed one never runs."""
+    ran = gate.path.parent / "ran"
+    assert babysit("drain").returncode == 0  # the sweep waits in babysit's queue while its members are set
+    try:
+        run(task_name, gate.then(f"echo {{index}} >> {ran}"), "--array=1-4%1", "--force")
+        for verb, member in (("hold", 2), ("hold", 3), ("kill", 4)):
+            assert babysit(verb, f"--name={task_name}-{member}").returncode == 0
+    finally:
+        assert babysit("undrain").returncode == 0
+    wait_for(lambda: status(f"{task_name}-1")["status"] == "running", 60, "the first member to run")
+    assert babysit("kill", f"--name={task_name}-3").returncode == 0  # held, then killed
+    gate.open()
+    wait_for(lambda: lines(ran) == ["1"], 60, "the first member to finish")
+    assert status(f"{task_name}-2")["status"] == "queued"  # held: it has not run
+    released_at = time.time()
+    assert babysit("release", f"--name={task_name}-2").returncode == 0
+    code, (summary,), _ = wait(task_name)
+    assert summary["counts"] == {"completed": 2, "killed": 2}, summary
+    assert lines(ran) == ["1", "2"]
+    second = next(r for r in summary["results"] if r["name"] == f"{task_name}-2")
+    assert epoch(second["started_at"]) >= released_at - 1, second  # (a second: Slurm's times are whole)
+    if executor == "slurm":  # the held member was no task of the first member's array job, and nothing is left
+        first = next(r for r in summary["results"] if r["name"] == f"{task_name}-1")
+        assert second["unit"].split("_")[0] != first["unit"].split("_")[0], (first["unit"], second["unit"])
+        user = os.environ.get("USER") or str(os.getuid())
+        wait_for(lambda: not subprocess.run(["squeue", "-h", "-u", user], capture_output=True, text=True).stdout,
+                 60, "no job of ours left in Slurm")
+        assert lines(ran) == ["1", "2"]
 
 
 # --- on one executor: the verbs on a sweep, the refusals, the D-Bus API -----------------------------------

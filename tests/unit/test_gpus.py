@@ -153,3 +153,40 @@ def test_the_timeline_keeps_gpu_memory_peaks_and_reads_points_stored_before_gpus
     old = {"step_s": 1.0, "points": [[0.0, 10, 0.5, 1, None]]}  # as a store written before GPUs keeps it
     assert Timeline.from_json(old).as_dict(gpus=True)["gpu_mem_bytes"] == [0]
     assert Timeline.from_json(timeline.to_json()) == timeline
+
+
+def test_one_nvml_error_does_not_empty_the_gpu_list() -> None:
+    """A failed read of one device (or of the count) kept no GPU at all: every GPU task's admission and
+    assignment then saw none. The others are read; that one, and the count, stay as last seen."""
+    import types
+
+    from babysit.common import nvml as reader
+
+    class NVMLError(Exception):
+        pass
+
+    failing: set[object] = set()
+
+    def call(what: object, value: object) -> object:
+        if what in failing:
+            raise NVMLError(f"{what} failed")
+        return value
+
+    def memory(handle: int) -> object:
+        return call(handle, types.SimpleNamespace(total=16 << 30, used=1 << 30))
+
+    binding = types.SimpleNamespace(
+        NVMLError=NVMLError, nvmlDeviceGetCount=lambda: call("count", 2),
+        nvmlDeviceGetHandleByIndex=lambda i: i, nvmlDeviceGetMemoryInfo=memory,
+        nvmlDeviceGetComputeRunningProcesses=lambda h: [], nvmlDeviceGetUUID=lambda h: f"GPU-{h}",
+        nvmlDeviceGetName=lambda h: "Stand-in", nvmlDeviceGetMinorNumber=lambda h: h,
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=5))
+    nvml = reader.Nvml.__new__(reader.Nvml)
+    nvml.library, nvml.why_none, nvml.last, nvml.read_at, nvml.said = binding, "", (), -1e9, set()
+    assert [g.uuid for g in nvml.read()] == ["GPU-0", "GPU-1"]
+    failing.add(1)
+    nvml.read_at = -1e9
+    assert [g.uuid for g in nvml.read()] == ["GPU-0", "GPU-1"]  # GPU 1 as last seen
+    failing.add("count")
+    nvml.read_at = -1e9
+    assert [g.uuid for g in nvml.read()] == ["GPU-0", "GPU-1"]

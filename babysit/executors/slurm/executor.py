@@ -266,10 +266,13 @@ class SlurmExecutor:
         return True
 
     async def hold(self, task: Task, held: bool) -> None:
-        """`scontrol hold` or `release` of a pending job (a user may hold their own jobs)."""
-        tracked = self.jobs.get(task.id)
+        """`scontrol hold` or `release` of a pending job (a user may hold their own jobs), also of a sweep's
+        member that Slurm has in its array job while babysit has not handed it over yet."""
+        tracked, swept = self.jobs.get(task.id), self.swept.get(task.id)
         if tracked is not None and tracked.state in PENDING:
             await self.slurm.hold(tracked.key, held)
+        elif swept is not None:
+            await self.slurm.hold(swept.key, held)
 
     async def pause(self, task: Task, paused: bool) -> str:
         raise InvalidArgument("on Slurm only an operator can suspend a job (scontrol suspend); kill it, or give it "
@@ -300,6 +303,9 @@ class SlurmExecutor:
 
     async def release(self, task: Task) -> None:
         self.jobs.pop(task.id, None)  # the output file stays: it is the run's log
+        swept = self.swept.pop(task.id, None)
+        if swept is not None:  # a member that ended before babysit handed it over (killed): its array task too
+            await self.slurm.cancel(swept.key, "KILL")
 
     # --- a restarted daemon ---------------------------------------------------------------------------
 
