@@ -151,11 +151,12 @@ async def test_a_new_run_is_refused_while_the_store_is_full_and_nothing_else_cha
     life = Life(tmp_path / "state.db")
     await life.start()
     await life.call(lambda: life.up.scheduler.run(wire("a"), False))
-    locked(life)
+    other = locked(life)  # (held until the end: a connection collected early would let go of the lock)
     await life.end(await running(life, "a"), "completed")
     with pytest.raises(StoreUnavailable):
         await life.up.scheduler.run(wire("b"), False)
     assert life.up.ledger.latest("a").state == State.COMPLETED
+    other.rollback()
 
 
 async def test_a_sweep_after_a_sweep_is_one_edge_per_member(tmp_path: Path) -> None:
