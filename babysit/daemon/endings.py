@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import replace
 
+from babysit.common import failpoints
 from babysit.common.config import Config
 from babysit.core import history
 from babysit.core.task import Outcome, Task, derive_caps
@@ -46,6 +47,7 @@ class Endings:
         # the end and its next attempt are one commit: no end promises an attempt that does not exist
         task = self.ledger.end(task.with_(state=outcome.state, outcome=outcome, finished_at=time.time()),
                                outcome.detail, timeline, following)
+        failpoints.crash("ended", task.name)  # a daemon killed here: the end (and its retry) stored, the name taken
         await self.executor.release(task)  # the name stays taken meanwhile: a new run must not meet the old one
         self.since_prune += 1
         if self.since_prune >= PRUNE_EVERY:

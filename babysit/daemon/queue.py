@@ -135,6 +135,7 @@ class Queue:
             self.supervisor.unwatch(task.id)
             log.warning("%s stays queued: %s", task.name, e)
             return
+        failpoints.crash("started", task.name)  # a daemon killed here: the unit runs, its record says queued
         if not self.supervisor.watching(task.id):  # already over
             return
         if self.ledger.by_id(task.id) is None:  # killed while its executor took it: what started must not stay

@@ -11,8 +11,8 @@ import json
 import os
 import subprocess
 import time
-from datetime import datetime
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
