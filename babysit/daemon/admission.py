@@ -8,9 +8,18 @@ from typing import Any
 
 from babysit.core.capacity import Decision, Reservation, Room, capacity_report, decide
 from babysit.core.gpus import Gpu
-from babysit.core.task import Estimates, Host
+from babysit.core.task import Estimates, Host, Task
 from babysit.daemon.ledger import Ledger
 from babysit.executors.base import Executor
+
+
+Snapshot = tuple[Host, int, list[Reservation], tuple[Gpu, ...] | None]  # what room_now() reads
+
+
+def reservation(task: Task) -> Reservation:
+    """What a running task holds on one host: its estimates (it may grow into them)."""
+    return Reservation(task.name, task.spec.estimates.mem_bytes, task.spec.estimates.cpu_cores, task.usage.mem_bytes,
+                       task.gpus)
 
 
 class Admission:
@@ -28,13 +37,13 @@ class Admission:
         return capacity.host, capacity.free_mem_bytes, held, capacity.gpus
 
     def reservations(self) -> list[Reservation]:
-        return [Reservation(t.name, t.spec.estimates.mem_bytes, t.spec.estimates.cpu_cores, t.usage.mem_bytes,
-                            t.gpus) for t in self.ledger.running()]
+        return [reservation(t) for t in self.ledger.running()]
 
-    def decide(self, e: Estimates, ahead: list[str] | None = None) -> Decision:
-        """Whether a task of these estimates fits now, behind the queue (or behind `ahead`)."""
+    def decide(self, e: Estimates, ahead: list[str] | None = None, room: Snapshot | None = None) -> Decision:
+        """Whether a task of these estimates fits now, behind the queue (or behind `ahead`), in the room read
+        now (or in `room`, read once for a whole drain)."""
         queued = self.ahead() if ahead is None else ahead
-        host, free, held, gpus = self.room_now()
+        host, free, held, gpus = room or self.room_now()
         return decide(host, free, held, Room(e.mem_bytes, e.cpu_cores, e.gpus, e.gpu_mem_bytes), queued, gpus)
 
     def hands_over(self, decision: Decision) -> bool:

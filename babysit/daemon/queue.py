@@ -14,7 +14,7 @@ from babysit.core.capacity import assignment
 from babysit.core.protocol import BabysitError, KillReason, State
 from babysit.core.task import Outcome, Task
 from babysit.core.timeline import Timeline
-from babysit.daemon.admission import Admission
+from babysit.daemon.admission import Admission, Snapshot, reservation
 from babysit.daemon.endings import Endings
 from babysit.daemon.handover import HandOver
 from babysit.daemon.ledger import Ledger
@@ -70,11 +70,14 @@ class Queue:
                 await self.finish(task, outcome)
             elif not task.kill_requested:  # the executor holds it (a Slurm job waiting on its dependency)
                 await self.supervisor.stop(task, KillReason.DEPENDENCY)
+        # the room is read once for the whole drain, each task started joining what is held: a sweep of
+        # thousands must not weigh each of its members against all the others again
+        room = self.admission.room_now()
         for task in [] if self.draining else plan.ready:
             if task.id in self.handover.pending:  # the executor's soon
                 continue
             try:
-                if not await self.hand_over(task, handed):
+                if not await self.hand_over(task, handed, room):
                     break
             except BabysitError as e:  # one task's values must never stop the queue, nor babysitd's start
                 log.error("%s cannot start: %s", task.name, e)
@@ -82,20 +85,23 @@ class Queue:
         self.handover.give(handed)
         self.ledger.capacity_changed()
 
-    async def hand_over(self, task: Task, handed: list[Task]) -> bool:
-        """Start a ready task if it fits (or, for an executor with its own queue, add it to `handed`); whether
-        the next one may be looked at."""
+    async def hand_over(self, task: Task, handed: list[Task], room: Snapshot) -> bool:
+        """Start a ready task if it fits in `room` (or, for an executor with its own queue, add it to
+        `handed`); whether the next one may be looked at."""
         if not self.executor.queues:  # (a sweep goes to Slurm as one array job, its estimates the first's)
             task = self.workflows.relearn(task)
-        decision = self.admission.decide(task.spec.estimates, [])
+        decision = self.admission.decide(task.spec.estimates, [], room)
         if self.executor.trouble or not self.admission.hands_over(decision):
             return False
         if decision.requested.gpus and not self.executor.queues:  # its own devices, chosen now
             task = self.ledger.save(task.with_(gpus=assignment(decision)))
         if self.executor.queues:  # which holds it back by its own dependencies, on the runs of now
             handed.append(self.workflows.rebind(task))
-        else:
-            await self.spawn(task)
+            return True
+        await self.spawn(task)
+        started = self.ledger.by_id(task.id)
+        if started is not None and started.state == State.RUNNING and room[2] is not None:
+            room[2].append(reservation(started))
         return True
 
     def plan(self) -> Plan:

@@ -17,12 +17,14 @@ from typing import Any
 
 from babysit.common.config import Config
 from babysit.core.protocol import KillReason, State
-from babysit.core.task import GiB, Caps, Host, Outcome, Task, Usage
+from babysit.core.gpus import Gpu
+from babysit.core.task import Caps, GiB, Host, Outcome, Task, Usage
 from babysit.daemon.babysitd import Babysitd
 from babysit.daemon.store import Store
 from babysit.executors.base import Capacity, Orphan, Reading, Reporting, RunEvents, StartRefused
 
-HOST = Host(mem_bytes=8 * GiB, cores=4.0)
+GPUS = tuple(Gpu(i, f"GPU-fake-{i}", "Stand-in", i, 16 * GiB, 0) for i in range(2))
+HOST = Host(mem_bytes=8 * GiB, cores=4.0, gpus=GPUS)
 
 
 class Crashed(BaseException):
@@ -84,7 +86,7 @@ class FakeExecutor(Reporting):
         self.events = daemon
 
     def capacity(self) -> Capacity:
-        return Capacity(self.host, free_mem_bytes=self.host.mem_bytes)
+        return Capacity(self.host, free_mem_bytes=self.host.mem_bytes, gpus=self.host.gpus)
 
     async def refresh(self) -> None:
         self.alive()

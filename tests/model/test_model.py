@@ -69,10 +69,12 @@ class Scheduler(RuleBasedStateMachine):
 
     @rule(name=st.sampled_from(TASKS), after=st.lists(st.tuples(st.sampled_from(TASKS + SWEEPS), st.booleans()),
                                                       max_size=2),
-          retries=st.integers(0, 2), priority=st.integers(-1, 1), cores=st.sampled_from([1, 2]))
-    def run(self, name: str, after: list[tuple[str, bool]], retries: int, priority: int, cores: int) -> None:
+          retries=st.integers(0, 2), priority=st.integers(-1, 1), cores=st.sampled_from([1, 2]),
+          gpus=st.integers(0, 2))
+    def run(self, name: str, after: list[tuple[str, bool]], retries: int, priority: int, cores: int,
+            gpus: int) -> None:
         self.submit({"name": name, "retries": retries, "priority": priority, "estimated_cpu_cores": cores,
-                     **self.chain(after)})
+                     **({"gpus": gpus, "estimated_gpu_mem_bytes": "4G"} if gpus else {}), **self.chain(after)})
 
     @rule(name=st.sampled_from(SWEEPS), size=st.integers(1, 4), limit=st.integers(0, 2),
           after=st.lists(st.tuples(st.sampled_from(TASKS + SWEEPS), st.booleans()), max_size=1),
@@ -203,14 +205,18 @@ class Scheduler(RuleBasedStateMachine):
                 assert not (run.outcome and run.outcome.next_attempt), f"{task.name}: {run.name} is to be retried"
                 assert dependency.condition == Condition.ANY or run.state == State.COMPLETED, \
                     f"{task.name} started after {run.name} {run.state}"
+        held_gpus = [g for u in self.life.world.live_units().values() for g in u.task.gpus]
+        assert len(task.gpus) == task.spec.estimates.gpus, f"{task.name} asked for {task.spec.estimates.gpus} GPUs"
+        assert not set(task.gpus) & set(held_gpus), f"{task.name} given a GPU another task holds"
         if w.limit:
             running = [u for u in self.life.world.live_units().values() if u.task.spec.workflow.sweep == w.sweep]
             assert len(running) < w.limit, f"{task.name}: more than {w.limit} of its sweep at once"
         for other in self.ledger.queue():
             if other.id == task.id:
                 break
+            # none overtakes another: the queue stops at the first ready task that does not fit
             plain = not other.held and not other.spec.workflow.after and not other.spec.workflow.limit
-            assert not plain or other.spec.estimates.cpu_cores > task.spec.estimates.cpu_cores, \
+            assert not plain, \
                 f"{task.name} (priority {task.spec.priority}) started before {other.name} ({other.spec.priority})"
 
     @invariant()
